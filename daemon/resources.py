@@ -1,0 +1,56 @@
+"""Resources one process shares between its tasks: settings, database URL, connection pool.
+
+Created lazily, on first use, and forgotten in a forked child, so that a
+prefork worker never shares a socket between processes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from functools import cache
+
+from psycopg_pool import ConnectionPool
+
+from grpod.daemon.settings import Settings, load_settings
+
+
+@cache
+def settings() -> Settings:
+    return load_settings()
+
+
+@cache
+def database_url() -> str:
+    """The configured database, or the embedded one (started or joined on first use)."""
+    current = settings()
+    if current.database_url is not None:
+        return current.database_url
+    from grpod.daemon.embedded import embedded_database  # only embedded mode pays for it
+
+    return embedded_database(current).url
+
+
+@cache
+def pool() -> ConnectionPool:
+    current = settings()
+    connection_pool = ConnectionPool(
+        database_url(),
+        min_size=1,
+        max_size=4,
+        kwargs={"application_name": "grpod", "connect_timeout": current.database_connect_timeout},
+        name="grpod",
+        open=True,
+    )
+    atexit.register(connection_pool.close)
+    return connection_pool
+
+
+def forget() -> None:
+    """Drop every cached resource (after a fork, or when settings change in tests)."""
+    pool.cache_clear()
+    database_url.cache_clear()
+    settings.cache_clear()
+
+
+os.register_at_fork(after_in_child=forget)

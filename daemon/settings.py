@@ -1,0 +1,218 @@
+"""grpod's settings: one typed object, from GRPOD_* variables or a TOML file.
+
+Precedence, highest first: explicit arguments, environment variables
+(``GRPOD_`` prefix), the TOML file named by ``GRPOD_CONFIG``, the defaults.
+An unset database or broker means embedded mode.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import platformdirs
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from grpod.daemon.errors import ConfigError
+
+ENV_PREFIX = "GRPOD_"
+CONFIG_ENV = "GRPOD_CONFIG"
+
+DATABASE_SCHEMES = ("postgresql", "postgres")
+BROKER_SCHEMES = ("amqp", "amqps", "pyamqp", "filesystem", "memory")
+
+
+def default_home() -> Path:
+    return Path(platformdirs.user_data_dir("grpod", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Every knob grpod has. The README lists each with its default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="ignore",
+        validate_default=True,
+    )
+
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL with pgvector; unset: the embedded server under GRPOD_HOME.",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="amqp://... for RabbitMQ; unset: the embedded filesystem broker under GRPOD_HOME.",
+    )
+    home: Path = Field(
+        default_factory=default_home,
+        description="Folder for embedded data: database, broker, beat schedule, locks.",
+    )
+    llm_base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible endpoint; unset: the embedded SmolLM2-135M-Instruct.",
+    )
+    llm_model: str | None = Field(default=None, description="Model name at GRPOD_LLM_BASE_URL.")
+    llm_api_key: SecretStr | None = Field(default=None, description="API key for GRPOD_LLM_BASE_URL.")
+    embeddings: str = Field(
+        default="local",
+        description="'local' (bundled all-MiniLM-L6-v2) or an OpenAI-compatible embeddings URL.",
+    )
+    queue_prefix: str = Field(
+        default="grpod",
+        pattern=r"^[a-z][a-z0-9_.-]{0,31}$",
+        description="Prefix of every queue and exchange name on the broker.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        description="'auto': pretty in a terminal, JSON lines otherwise.",
+    )
+    worker_concurrency: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        le=256,
+        description="Worker processes per `grpod worker` (default: the number of cores).",
+    )
+    task_max_retries: int = Field(
+        default=8, ge=0, le=100, description="Retries of a failing task before it is given up."
+    )
+    retry_backoff_max: int = Field(
+        default=600, ge=1, description="Upper bound in seconds of the exponential retry backoff."
+    )
+    delivery_limit: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="Deliveries of one message before RabbitMQ dead-letters it (quorum queues).",
+    )
+    shutdown_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Seconds `grpod up` waits for its children to stop before killing them.",
+    )
+    heartbeat_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="How often beat asks a worker to record that both are alive."
+    )
+    database_connect_timeout: int = Field(
+        default=10, ge=1, le=300, description="Seconds to wait for PostgreSQL to answer."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_ENV)
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in DATABASE_SCHEMES:
+            raise ValueError(
+                "is not a PostgreSQL URL; use postgresql://user:password@host:5432/dbname"
+            )
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        scheme = urlsplit(value).scheme
+        if scheme not in BROKER_SCHEMES:
+            raise ValueError(
+                f"has scheme {scheme!r}; use amqp://user:password@host:5672/vhost for RabbitMQ"
+            )
+        return value
+
+    @field_validator("embeddings")
+    @classmethod
+    def _check_embeddings(cls, value: str) -> str:
+        if value == "local" or urlsplit(value).scheme in ("http", "https"):
+            return value
+        raise ValueError("must be 'local' or an http(s) URL of an OpenAI-compatible embeddings API")
+
+    @field_validator("llm_base_url")
+    @classmethod
+    def _check_llm_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http(s) URL of an OpenAI-compatible API")
+        return value
+
+    # Derived facts -------------------------------------------------------
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url is None
+
+    @property
+    def pgdata(self) -> Path:
+        return self.home / "pgdata"
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.home / "broker"
+
+    @property
+    def beat_schedule_file(self) -> Path:
+        return self.home / "beat-schedule"
+
+    @property
+    def up_lock_file(self) -> Path:
+        return self.home / "up.lock"
+
+    def effective_broker_url(self) -> str:
+        return self.broker_url or "filesystem://localhost/"
+
+
+def env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, turning a validation failure into one clear sentence."""
+    config_file = os.environ.get(CONFIG_ENV)
+    if config_file and not Path(config_file).is_file():
+        raise ConfigError(f"{CONFIG_ENV}={config_file} is not a readable TOML file; fix the path or unset it.")
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error)) from None
+    except (OSError, ValueError) as error:  # a TOML file that does not parse
+        raise ConfigError(f"{CONFIG_ENV}={config_file} could not be read: {error}.") from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else "settings"
+    value = first.get("input")
+    shown = "" if field == "llm_api_key" or value is None else f"={value}"
+    if first["type"] == "value_error":  # our own validators phrase the whole remedy
+        return f"{env_name(field)}{shown} {str(first['msg']).removeprefix('Value error, ')}."
+    return f"{env_name(field)}{shown} is invalid: {first['msg']}."

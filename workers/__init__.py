@@ -1,0 +1,1 @@
+"""The pipeline stages as plain functions, with thin Celery tasks around them (``tasks``)."""

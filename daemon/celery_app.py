@@ -100,6 +100,8 @@ def broker_transport_options(settings: Settings, broker_url: str) -> dict[str, A
             "data_folder_out": str(folder / "queue"),
             "control_folder": str(folder / "control"),
             "store_processed": False,
+            # A folder is polled; a short interval keeps pickup and shutdown quick.
+            "polling_interval": 0.2,
         }
     return {}
 

@@ -1,0 +1,94 @@
+"""Migrations against a real PostgreSQL with pgvector (and one without it)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+
+from grpod.daemon.errors import ConfigError
+from grpod.daemon.migrations import migrate, shipped_migrations
+
+from ..conftest import unavailable
+
+PLAIN_POSTGRES_URL = os.environ.get("GRPOD_TEST_PLAIN_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _applied(url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT version, name FROM grpod_migrations ORDER BY version").fetchall()
+
+
+def test_migrate_applies_every_migration_once_then_is_a_no_op(empty_database_url: str) -> None:
+    shipped = shipped_migrations()
+    first = migrate(empty_database_url)
+    assert [m.version for m in first.applied] == [m.version for m in shipped]
+    assert first.current_version == shipped[-1].version
+    assert _applied(empty_database_url) == [(m.version, m.name) for m in shipped]
+    second = migrate(empty_database_url)
+    assert second.applied == []
+    assert _applied(empty_database_url) == [(m.version, m.name) for m in shipped]
+
+
+def test_two_concurrent_migrations_apply_each_migration_exactly_once(empty_database_url: str) -> None:
+    reports: list[int] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def run() -> None:
+        try:
+            start.wait()
+            reports.append(len(migrate(empty_database_url).applied))
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(reports) == [0, 0, 0, len(shipped_migrations())]
+    assert len(_applied(empty_database_url)) == len(shipped_migrations())
+
+
+def test_pgvector_works_after_migrating(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.execute("CREATE TEMP TABLE v (id int, e vector(3))")
+        conn.execute("INSERT INTO v VALUES (1, '[1,0,0]'), (2, '[0,1,0]'), (3, '[0.9,0.1,0]')")
+        rows = conn.execute("SELECT id FROM v ORDER BY e <=> '[1,0,0]' LIMIT 2").fetchall()
+    assert [row[0] for row in rows] == [1, 3]
+
+
+def test_a_changed_migration_is_refused(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE grpod_migrations SET checksum = 'tampered' WHERE version = 1")
+    with pytest.raises(ConfigError, match="0001 .* was changed after it was applied"):
+        migrate(database_url)
+
+
+def test_a_postgres_without_pgvector_gets_a_clear_error() -> None:
+    try:
+        with psycopg.connect(PLAIN_POSTGRES_URL, connect_timeout=3) as conn:
+            has_vector = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector')"
+            ).fetchone()
+    except psycopg.OperationalError as error:
+        unavailable(f"the plain PostgreSQL at {PLAIN_POSTGRES_URL} cannot be reached: {error}")
+    assert has_vector is not None and not has_vector[0], "this test needs a PostgreSQL without pgvector"
+    with pytest.raises(ConfigError) as raised:
+        migrate(PLAIN_POSTGRES_URL)
+    assert "without the pgvector extension" in str(raised.value)
+    assert str(raised.value).startswith("GRPOD_DATABASE_URL=")
+
+
+def test_an_unreachable_database_is_one_sentence() -> None:
+    with pytest.raises(ConfigError) as raised:
+        migrate("postgresql://grpod:hunter2@127.0.0.1:1/grpod", connect_timeout=2)
+    message = str(raised.value)
+    assert message.startswith("GRPOD_DATABASE_URL=postgresql://grpod:***@127.0.0.1:1/grpod cannot be reached")
+    assert "hunter2" not in message
+    assert "\n" not in message

@@ -12,13 +12,12 @@ from __future__ import annotations
 import os
 import socket
 from datetime import UTC, datetime
-from typing import Any
-
 from importlib.metadata import version
+from typing import Any
 
 import structlog
 from celery import Celery, Task, signals
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from grpod.daemon.logs import configure_logging
 from grpod.daemon.settings import Settings
@@ -166,7 +165,12 @@ def create_app(settings: Settings, broker_url: str | None = None) -> Celery:
             }
         },
         task_publish_retry=True,
-        task_publish_retry_policy={"max_retries": 5, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 3},
+        task_publish_retry_policy={
+            "max_retries": 5,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 3,
+        },
         worker_concurrency=settings.worker_concurrency,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,

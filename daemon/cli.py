@@ -71,7 +71,9 @@ def worker(
         str | None,
         typer.Option(help="Comma-separated stages to consume (default: all of them)."),
     ] = None,
-    concurrency: Annotated[int | None, typer.Option(min=1, help="Worker processes (default: GRPOD_WORKER_CONCURRENCY).")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes (default: GRPOD_WORKER_CONCURRENCY).")
+    ] = None,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads or solo.")] = "prefork",
 ) -> None:
     """Run one worker against the configured broker and database."""

@@ -15,7 +15,7 @@ APPLICATION_NAME = "grpod"
 def redact(url: str) -> str:
     """The URL with its password replaced, for logs and error messages."""
     parts = urlsplit(url)
-    if parts.password is None:
+    if not parts.password:
         return url
     host = parts.hostname or ""
     if parts.port is not None:

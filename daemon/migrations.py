@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import LiteralString, cast
+from typing import LiteralString
 
 import psycopg
 
@@ -69,9 +69,7 @@ def parse_migration_files(files: Mapping[str, str]) -> list[Migration]:
     return ordered
 
 
-def plan_migrations(
-    available: Iterable[Migration], applied: Iterable[AppliedMigration]
-) -> list[Migration]:
+def plan_migrations(available: Iterable[Migration], applied: Iterable[AppliedMigration]) -> list[Migration]:
     """The migrations still to apply, in order; refuses a database that has diverged."""
     shipped = {migration.version: migration for migration in available}
     done = {record.version: record for record in applied}
@@ -147,7 +145,7 @@ def _apply(
     try:
         with conn.transaction():
             # Migration files are shipped with the package, as trusted as code.
-            conn.execute(cast(LiteralString, migration.sql))
+            conn.execute(migration.sql)
             conn.execute(
                 record_query,
                 {"version": migration.version, "name": migration.name, "checksum": migration.checksum},

@@ -130,9 +130,7 @@ class Supervisor:
             lock.release()
 
     def _supervise(self, env: dict[str, str]) -> int:
-        previous = {
-            sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
-        }
+        previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         exit_code = 0
         try:
             for child in self.children:

@@ -128,9 +128,7 @@ class Settings(BaseSettings):
             return None
         parts = urlsplit(value)
         if parts.scheme not in DATABASE_SCHEMES:
-            raise ValueError(
-                "is not a PostgreSQL URL; use postgresql://user:password@host:5432/dbname"
-            )
+            raise ValueError("is not a PostgreSQL URL; use postgresql://user:password@host:5432/dbname")
         return value
 
     @field_validator("broker_url")
@@ -140,9 +138,7 @@ class Settings(BaseSettings):
             return None
         scheme = urlsplit(value).scheme
         if scheme not in BROKER_SCHEMES:
-            raise ValueError(
-                f"has scheme {scheme!r}; use amqp://user:password@host:5672/vhost for RabbitMQ"
-            )
+            raise ValueError(f"has scheme {scheme!r}; use amqp://user:password@host:5672/vhost for RabbitMQ")
         return value
 
     @field_validator("embeddings")
@@ -199,7 +195,9 @@ def load_settings(**overrides: Any) -> Settings:
     """Build the settings, turning a validation failure into one clear sentence."""
     config_file = os.environ.get(CONFIG_ENV)
     if config_file and not Path(config_file).is_file():
-        raise ConfigError(f"{CONFIG_ENV}={config_file} is not a readable TOML file; fix the path or unset it.")
+        raise ConfigError(
+            f"{CONFIG_ENV}={config_file} is not a readable TOML file; fix the path or unset it."
+        )
     try:
         return Settings(**overrides)
     except ValidationError as error:

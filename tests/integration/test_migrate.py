@@ -14,7 +14,9 @@ from grpod.daemon.migrations import migrate, shipped_migrations
 
 from ..conftest import unavailable
 
-PLAIN_POSTGRES_URL = os.environ.get("GRPOD_TEST_PLAIN_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PLAIN_POSTGRES_URL = os.environ.get(
+    "GRPOD_TEST_PLAIN_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def _applied(url: str) -> list[tuple[Any, ...]]:
@@ -42,7 +44,7 @@ def test_two_concurrent_migrations_apply_each_migration_exactly_once(empty_datab
         try:
             start.wait()
             reports.append(len(migrate(empty_database_url).applied))
-        except BaseException as error:  # noqa: BLE001 - reported below
+        except BaseException as error:
             errors.append(error)
 
     threads = [threading.Thread(target=run) for _ in range(4)]
@@ -66,7 +68,7 @@ def test_pgvector_works_after_migrating(database_url: str) -> None:
 def test_a_changed_migration_is_refused(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("UPDATE grpod_migrations SET checksum = 'tampered' WHERE version = 1")
-    with pytest.raises(ConfigError, match="0001 .* was changed after it was applied"):
+    with pytest.raises(ConfigError, match=r"0001 .* was changed after it was applied"):
         migrate(database_url)
 
 

@@ -12,7 +12,8 @@ import pytest
 from amqp.exceptions import PreconditionFailed
 from celery import Celery, shared_task
 from celery.contrib.testing.worker import start_worker
-from kombu import Connection, Queue
+from kombu.connection import Connection
+from kombu.entity import Queue
 
 from grpod.daemon import resources
 from grpod.daemon.celery_app import STAGES, create_app, dead_letter_queue, declare_dead_letter_queue
@@ -61,7 +62,7 @@ def app(settings: Settings) -> Celery:
 
 @pytest.fixture(scope="module")
 def worker(app: Celery) -> Iterator[None]:
-    """One embedded worker (in a thread, on the real broker) for the module: starting is cheap, stopping is not."""
+    """One embedded worker (a thread, on the real broker) for the module: stopping one is slow."""
     with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
         yield
 
@@ -79,7 +80,10 @@ def test_stage_queues_are_quorum_queues_on_rabbitmq(app: Celery, settings: Setti
             # The same queue declared as a classic one must clash with the quorum queue.
             arguments = {**queue.queue_arguments, "x-queue-type": "classic"}
             classic = Queue(
-                queue.name, exchange=queue.exchange, routing_key=queue.routing_key, durable=True,
+                queue.name,
+                exchange=queue.exchange,
+                routing_key=queue.routing_key,
+                durable=True,
                 queue_arguments=arguments,
             )
             with pytest.raises(PreconditionFailed, match="inequivalent arg 'x-queue-type'"):
@@ -121,13 +125,20 @@ def test_heartbeat_task_runs_end_to_end_through_rabbitmq(
 ) -> None:
     monkeypatch.setenv("GRPOD_DATABASE_URL", database_url)
     resources.forget()
-    beat = {"hostname": "beat-host", "pid": 4242, "started_at": "2026-11-24T10:00:00+00:00", "version": "9.9.9"}
+    beat = {
+        "hostname": "beat-host",
+        "pid": 4242,
+        "started_at": "2026-11-24T10:00:00+00:00",
+        "version": "9.9.9",
+    }
     app.send_task("grpod.maintenance.heartbeat", kwargs={"beat": beat})
     rows: list[tuple[Any, ...]] = []
     deadline = time.monotonic() + 20
     while len(rows) < 2 and time.monotonic() < deadline:
         with psycopg.connect(database_url) as conn:
-            rows = conn.execute("SELECT role, hostname, pid, version FROM heartbeats ORDER BY role").fetchall()
+            rows = conn.execute(
+                "SELECT role, hostname, pid, version FROM heartbeats ORDER BY role"
+            ).fetchall()
         time.sleep(0.1)
     assert rows[0] == ("beat", "beat-host", 4242, "9.9.9")
     assert rows[1][0] == "worker"

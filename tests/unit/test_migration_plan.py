@@ -45,7 +45,7 @@ def test_plan_is_what_is_not_applied_yet() -> None:
 def test_a_changed_applied_migration_is_refused() -> None:
     (a,) = parse_migration_files({"0001_a.sql": "A"})
     changed = AppliedMigration(1, "a", checksum="0" * 64)
-    with pytest.raises(MigrationError, match="0001 .a. was changed after it was applied"):
+    with pytest.raises(MigrationError, match=r"0001 .a. was changed after it was applied"):
         plan_migrations([a], [changed])
 
 

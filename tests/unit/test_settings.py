@@ -55,8 +55,16 @@ def test_empty_urls_mean_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "expected"),
     [
-        ("GRPOD_DATABASE_URL", "mysql://root@localhost/db", "GRPOD_DATABASE_URL=mysql://root@localhost/db is not a PostgreSQL URL"),
-        ("GRPOD_BROKER_URL", "kafka://localhost:9092", "GRPOD_BROKER_URL=kafka://localhost:9092 has scheme 'kafka'"),
+        (
+            "GRPOD_DATABASE_URL",
+            "mysql://root@localhost/db",
+            "GRPOD_DATABASE_URL=mysql://root@localhost/db is not a PostgreSQL URL",
+        ),
+        (
+            "GRPOD_BROKER_URL",
+            "kafka://localhost:9092",
+            "GRPOD_BROKER_URL=kafka://localhost:9092 has scheme 'kafka'",
+        ),
         ("GRPOD_EMBEDDINGS", "remote", "GRPOD_EMBEDDINGS=remote must be 'local' or an http(s) URL"),
         ("GRPOD_LLM_BASE_URL", "localhost:8000", "GRPOD_LLM_BASE_URL=localhost:8000 must be an http(s) URL"),
         ("GRPOD_WORKER_CONCURRENCY", "0", "GRPOD_WORKER_CONCURRENCY=0 is invalid"),
@@ -101,6 +109,8 @@ def test_malformed_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 
 def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
-    missing = [f"GRPOD_{name.upper()}" for name in Settings.model_fields if f"`GRPOD_{name.upper()}`" not in readme]
+    missing = [
+        f"GRPOD_{name.upper()}" for name in Settings.model_fields if f"`GRPOD_{name.upper()}`" not in readme
+    ]
     assert missing == [], f"settings not documented in README.md: {missing}"
     assert "`GRPOD_CONFIG`" in readme

@@ -1,0 +1,37 @@
+"""Running `grpod` as a user would: a separate process with its own environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+GRPOD = [sys.executable, "-m", "grpod.daemon"]
+
+
+def grpod_env(home: Path, **settings: str) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("GRPOD_")}
+    env["GRPOD_HOME"] = str(home)
+    env["GRPOD_LOG_FORMAT"] = "json"
+    env.update({f"GRPOD_{name.upper()}": value for name, value in settings.items()})
+    return env
+
+
+def run_grpod(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*GRPOD, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return lines

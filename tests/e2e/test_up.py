@@ -1,0 +1,82 @@
+"""`grpod up` as a process: embedded database, migrations, worker and beat, clean stop."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .helpers import GRPOD, grpod_env, json_lines, run_grpod
+
+
+def _wait_for_processes(env: dict[str, str], roles: set[str], timeout: float) -> dict[str, object]:
+    """Wait until each role has a heartbeat from a process started after this call."""
+    since = datetime.now(UTC)
+    deadline = time.monotonic() + timeout
+    report: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        result = run_grpod(["status", "--json"], env, timeout=60)
+        if result.returncode == 0:
+            report = json.loads(result.stdout)
+            seen = {
+                p["role"]
+                for p in report["processes"]  # type: ignore[attr-defined]
+                if datetime.fromisoformat(p["started_at"]) >= since.replace(microsecond=0)
+            }
+            if roles <= seen:
+                return report
+        time.sleep(1)
+    raise AssertionError(f"no heartbeat from {roles} within {timeout}s; last status: {report}")
+
+
+def test_up_runs_worker_and_beat_refuses_a_second_copy_and_stops_cleanly(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = grpod_env(home, heartbeat_seconds="1", worker_concurrency="1", shutdown_timeout="20")
+    log_path = tmp_path / "up.log"
+    with log_path.open("w") as log:
+        started = time.monotonic()
+        up = subprocess.Popen([*GRPOD, "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            report = _wait_for_processes(env, {"worker", "beat"}, timeout=120)
+            time_to_heartbeat = time.monotonic() - started
+            assert report["database_mode"] == "embedded"
+            assert report["broker_mode"] == "embedded"
+            assert report["schema_version"] >= 2  # type: ignore[operator]
+
+            second = run_grpod(["up"], env, timeout=60)
+            assert second.returncode == 2
+            assert second.stderr.strip().startswith(f"grpod: grpod is already running on GRPOD_HOME={home}")
+            assert "Traceback" not in second.stderr
+            assert len(second.stderr.strip().splitlines()) == 1
+
+            stop_requested = time.monotonic()
+            up.send_signal(signal.SIGTERM)
+            assert up.wait(timeout=30) == 0
+            stop_seconds = time.monotonic() - stop_requested
+        finally:
+            if up.poll() is None:
+                up.kill()
+    lines = json_lines(log_path.read_text())
+    up_line = next(line for line in lines if line.get("event") == "grpod is up")
+    assert up_line["pgdata"] == str(home / "pgdata")
+    assert up_line["broker_folder"] == str(home / "broker")
+    assert "child started" in {line.get("event") for line in lines}
+    assert not (home / "pgdata" / "postmaster.pid").exists(), "the embedded database must be stopped"
+    assert stop_seconds < 25
+    print(f"first heartbeat after {time_to_heartbeat:.1f}s; stopped in {stop_seconds:.1f}s")
+
+
+def test_up_can_start_again_after_a_stop(tmp_path: Path) -> None:
+    env = grpod_env(tmp_path / "home", heartbeat_seconds="1", worker_concurrency="1")
+    for _ in range(2):
+        up = subprocess.Popen([*GRPOD, "up"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_for_processes(env, {"worker"}, timeout=120)
+            up.send_signal(signal.SIGINT)  # Ctrl-C
+            assert up.wait(timeout=30) == 0
+        finally:
+            if up.poll() is None:
+                up.kill()

@@ -21,33 +21,12 @@ from kombu.entity import Exchange, Queue
 
 from grpod.daemon.logs import configure_logging
 from grpod.daemon.settings import Settings
+from grpod.daemon.topology import dead_letter_queue, is_rabbitmq, queue_name, quorum_arguments
 
 # In pipeline order. Each stage has its own queue, so each can be scaled alone.
 STAGES: tuple[str, ...] = ("ingest", "group", "distill", "library", "maintenance")
 TASK_MODULES = ("grpod.workers.tasks",)
-
-
-def is_rabbitmq(broker_url: str) -> bool:
-    return broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
-
-
-def queue_name(prefix: str, stage: str) -> str:
-    return f"{prefix}.{stage}"
-
-
-def dead_letter_exchange(prefix: str) -> Exchange:
-    return Exchange(f"{prefix}.dead", type="topic", durable=True)
-
-
-def dead_letter_queue(prefix: str) -> Queue:
-    """Where RabbitMQ puts a message delivered ``delivery_limit`` times without success."""
-    return Queue(
-        f"{prefix}.dead",
-        exchange=dead_letter_exchange(prefix),
-        routing_key="#",
-        durable=True,
-        queue_arguments={"x-queue-type": "quorum"},
-    )
+EXPIRE_REWARDS_SECONDS = 600.0
 
 
 def stage_queues(settings: Settings, broker_url: str) -> list[Queue]:
@@ -56,13 +35,7 @@ def stage_queues(settings: Settings, broker_url: str) -> list[Queue]:
     exchange = Exchange(settings.queue_prefix, type="topic", durable=True)
     arguments: dict[str, Any] = {}
     if is_rabbitmq(broker_url):
-        arguments = {
-            "x-queue-type": "quorum",
-            "x-delivery-limit": settings.delivery_limit,
-            "x-dead-letter-exchange": dead_letter_exchange(settings.queue_prefix).name,
-            "x-dead-letter-strategy": "at-least-once",
-            "x-overflow": "reject-publish",
-        }
+        arguments = quorum_arguments(settings.queue_prefix, settings.delivery_limit)
     return [
         Queue(
             queue_name(settings.queue_prefix, stage),
@@ -119,6 +92,11 @@ def beat_schedule(heartbeat_seconds: float) -> dict[str, dict[str, Any]]:
             "schedule": heartbeat_seconds,
             "kwargs": {"beat": this_beat},
             "options": {"expires": heartbeat_seconds},
+        },
+        "expire-rewards": {
+            "task": "grpod.maintenance.expire_rewards",
+            "schedule": EXPIRE_REWARDS_SECONDS,
+            "options": {"expires": EXPIRE_REWARDS_SECONDS},
         },
     }
 
@@ -188,7 +166,7 @@ def create_app(settings: Settings, broker_url: str | None = None) -> Celery:
 def declare_dead_letter_queue(app: Celery, settings: Settings) -> None:
     """Declare the dead-letter exchange and queue on RabbitMQ (no other broker has them).
 
-    They are not in ``task_queues``: no worker consumes dead letters; an
+    They are not in ``task_queues``: no worker consumes dead tasks; an
     operator inspects them.
     """
     if not is_rabbitmq(app.conf.broker_url):

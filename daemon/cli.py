@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from grpod.daemon import resources
@@ -77,7 +79,8 @@ def worker(
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads or solo.")] = "prefork",
 ) -> None:
     """Run one worker against the configured broker and database."""
-    from grpod.daemon.celery_app import STAGES, create_app, declare_dead_letter_queue, queue_name
+    from grpod.daemon.celery_app import STAGES, create_app, declare_dead_letter_queue
+    from grpod.daemon.topology import queue_name
 
     settings = _settings()
     stages = [stage.strip() for stage in queues.split(",")] if queues else list(STAGES)
@@ -87,6 +90,10 @@ def worker(
     resources.database_url()  # fail fast, with a clear sentence, on a bad database
     celery = create_app(settings)
     declare_dead_letter_queue(celery, settings)
+    if "ingest" in stages:
+        from grpod.workers.ingest_step import IngestConsumerStep
+
+        celery.steps["worker"].add(IngestConsumerStep)
     celery.worker_main(
         [
             "--quiet",  # no banner: our own log lines say what runs where
@@ -116,7 +123,7 @@ def beat() -> None:
 
 @app.command()
 def status(as_json: JsonOption = False) -> None:
-    """What is running and where: database, schema version, broker, live processes."""
+    """Database, broker, queue depths, per-domain counts, rewards waiting, rejected events, live processes."""
     from grpod.daemon.status import collect_status
 
     settings = _settings()
@@ -127,6 +134,13 @@ def status(as_json: JsonOption = False) -> None:
     console = Console()
     console.print(f"database  {report['database']} (schema version {report['schema_version']})")
     console.print(f"broker    {report['broker']}")
+    queues = ", ".join(f"{name} {depth if depth is not None else '?'}" for name, depth in report["queues"].items())
+    console.print(f"queues    {queues}")
+    console.print(
+        f"rewards waiting for their trace {report['pending_rewards']}, expired {report['expired_rewards']}; "
+        f"rejected events {report['rejected']}; last accepted {report.get('last_accepted_at') or 'never'}"
+    )
+    _print_domains(console, report["domains"])
     table = Table("role", "hostname", "pid", "version", "seen", title="processes")
     for process in report["processes"]:
         table.add_row(
@@ -137,6 +151,138 @@ def status(as_json: JsonOption = False) -> None:
             f"{process['age_seconds']:.0f}s ago",
         )
     console.print(table)
+
+
+def _print_domains(console: Console, domains: list[dict[str, Any]]) -> None:
+    table = Table("domain", "traces", "rewarded traces", title="domains")
+    for row in domains:
+        table.add_row(escape(row["domain"]), str(row["traces"]), str(row["rewarded_traces"]))
+    console.print(table)
+
+
+@app.command()
+def domains(as_json: JsonOption = False) -> None:
+    """The domains, with their traces and rewarded traces."""
+    from grpod.daemon.database import connect
+    from grpod.daemon.status import domain_counts
+
+    settings = _settings()
+    with connect(resources.database_url(), connect_timeout=settings.database_connect_timeout) as conn:
+        rows = domain_counts(conn)
+    if as_json:
+        print_json(rows)
+        return
+    _print_domains(Console(), rows)
+
+
+@app.command()
+def ingest(
+    file: Annotated[str, typer.Argument(help="A JSON-lines file of trace and reward events, or - for standard input.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Load events from a file through the same validation and storage as the queue (backfill)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from grpod.daemon.backfill import backfill, summary
+    from grpod.daemon.database import connect
+
+    settings = _settings()
+    if file == "-":
+        stream, total = sys.stdin.buffer, None
+    else:
+        path = Path(file)
+        if not path.is_file():
+            raise OperatorError(f"{file} is not a readable file.")
+        stream, total = path.open("rb"), path.stat().st_size
+    progress = Progress(
+        TextColumn("ingesting"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[events]} events"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=as_json,
+    )
+    with progress, stream, connect(resources.database_url(), connect_timeout=settings.database_connect_timeout) as conn:
+        task = progress.add_task("ingest", total=total, events=0)
+        seen = 0
+
+        def advance(events: int, size: int) -> None:
+            nonlocal seen
+            seen += events
+            progress.update(task, advance=size, events=seen)
+
+        outcome = backfill(conn, stream, settings, advance)
+    counts = summary(outcome)
+    if as_json:
+        print_json(counts)
+        return
+    typer.echo(
+        f"accepted {counts['accepted']}, duplicates {counts['duplicates']}, rejected {sum(counts['rejected'].values())}"
+    )
+    for reason, count in counts["rejected"].items():
+        typer.echo(f"  {reason}: {count}")
+
+
+rejected_app = typer.Typer(
+    help="Events that were not stored, with their reasons: list and replay.", no_args_is_help=False
+)
+app.add_typer(rejected_app, name="rejected")
+
+
+@rejected_app.callback(invoke_without_command=True)
+def rejected_list(
+    ctx: typer.Context,
+    reason: Annotated[str | None, typer.Option(help="Only this reason (e.g. schema_violation).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """List rejected events, newest first."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from grpod.daemon.database import connect
+    from grpod.daemon.rejected import list_rejected
+
+    settings = _settings()
+    with connect(resources.database_url(), connect_timeout=settings.database_connect_timeout) as conn:
+        rows = list_rejected(conn, reason, limit)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("id", "received", "reason", "detail", "trace", "replayed", title="rejected events")
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            row["received_at"][:19],
+            row["reason"],
+            row["detail"][:80],
+            row["trace_id"] or "",
+            row["replay_outcome"] or "",
+        )
+    Console().print(table)
+
+
+@rejected_app.command("replay")
+def rejected_replay(
+    rejected_id: Annotated[int, typer.Argument(metavar="ID", help="The id shown by `grpod rejected`.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Run one rejected event through validation and storage again (after a fix)."""
+    from grpod.daemon.database import connect
+    from grpod.daemon.rejected import replay
+
+    settings = _settings()
+    with connect(resources.database_url(), connect_timeout=settings.database_connect_timeout) as conn:
+        result = replay(conn, rejected_id, settings)
+    if as_json:
+        print_json(
+            {"id": result.id, "outcome": result.outcome, "reason": result.reason, "rejected_id": result.rejected_id}
+        )
+        return
+    if result.outcome == "rejected":
+        typer.echo(f"rejected event {result.id} was rejected again: {result.reason} (now #{result.rejected_id})")
+    else:
+        typer.echo(f"rejected event {result.id} replayed: {result.outcome}")
 
 
 def main() -> None:

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
-
 import psycopg
 from psycopg.rows import TupleRow
 
 from grpod.daemon.errors import ConfigError
+from grpod.daemon.urls import redact
+
+__all__ = ["connect", "redact"]
 
 APPLICATION_NAME = "grpod"
-
-
-def redact(url: str) -> str:
-    """The URL with its password replaced, for logs and error messages."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def connect(
@@ -42,8 +31,7 @@ def connect(
     except psycopg.OperationalError as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(
-            f"{setting}={redact(url)} cannot be reached ({reason}); "
-            "check the URL and that PostgreSQL is running."
+            f"{setting}={redact(url)} cannot be reached ({reason}); check the URL and that PostgreSQL is running."
         ) from None
     except psycopg.ProgrammingError as error:  # a URL libpq cannot parse
         raise ConfigError(f"{setting}={redact(url)} is not a valid connection string ({error}).") from None

@@ -91,11 +91,7 @@ def plan_migrations(available: Iterable[Migration], applied: Iterable[AppliedMig
 
 def shipped_migrations() -> list[Migration]:
     folder = resources.files(MIGRATIONS_PACKAGE).joinpath(MIGRATIONS_FOLDER)
-    files = {
-        entry.name: entry.read_text(encoding="utf-8")
-        for entry in folder.iterdir()
-        if entry.name.endswith(".sql")
-    }
+    files = {entry.name: entry.read_text(encoding="utf-8") for entry in folder.iterdir() if entry.name.endswith(".sql")}
     return parse_migration_files(files)
 
 

@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from grpod.daemon.errors import ConfigError
+from grpod.daemon.events import Limits
 
 ENV_PREFIX = "GRPOD_"
 CONFIG_ENV = "GRPOD_CONFIG"
@@ -102,6 +103,34 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(
         default=30.0, gt=0, le=3600, description="How often beat asks a worker to record that both are alive."
     )
+    max_event_bytes: int = Field(
+        default=1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest accepted event, in bytes."
+    )
+    max_query_bytes: int = Field(
+        default=32 * 1024, ge=64, le=16 * 1024 * 1024, description="Largest accepted query, in bytes."
+    )
+    rejected_payload_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of a rejected event's payload kept for inspection and replay.",
+    )
+    reward_ttl_seconds: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        description="How long a reward waits for its trace before it is expired into the rejected store.",
+    )
+    ingest_batch_size: int = Field(
+        default=500, ge=1, le=10_000, description="Events stored per transaction by the ingest consumer."
+    )
+    ingest_batch_seconds: float = Field(
+        default=0.2, gt=0, le=60, description="Longest wait to fill a batch before storing what has come."
+    )
+    publish_timeout: float = Field(
+        default=5.0, gt=0, le=300, description="SDK: seconds to wait for the broker to confirm a publish."
+    )
+    publish_retries: int = Field(
+        default=3, ge=0, le=20, description="SDK: attempts after the first before a publish fails."
+    )
     database_connect_timeout: int = Field(
         default=10, ge=1, le=300, description="Seconds to wait for PostgreSQL to answer."
     )
@@ -180,6 +209,14 @@ class Settings(BaseSettings):
         return self.home / "beat-schedule"
 
     @property
+    def event_spool(self) -> Path:
+        """Where the embedded broker keeps events waiting to be ingested."""
+        return self.broker_folder / "events"
+
+    def limits(self) -> Limits:
+        return Limits(max_event_bytes=self.max_event_bytes, max_query_bytes=self.max_query_bytes)
+
+    @property
     def up_lock_file(self) -> Path:
         return self.home / "up.lock"
 
@@ -195,9 +232,7 @@ def load_settings(**overrides: Any) -> Settings:
     """Build the settings, turning a validation failure into one clear sentence."""
     config_file = os.environ.get(CONFIG_ENV)
     if config_file and not Path(config_file).is_file():
-        raise ConfigError(
-            f"{CONFIG_ENV}={config_file} is not a readable TOML file; fix the path or unset it."
-        )
+        raise ConfigError(f"{CONFIG_ENV}={config_file} is not a readable TOML file; fix the path or unset it.")
     try:
         return Settings(**overrides)
     except ValidationError as error:

@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
+from typing import Any
 
 import psycopg
 from psycopg.rows import class_row
@@ -68,3 +69,12 @@ def record_heartbeats(conn: psycopg.Connection[tuple[object, ...]], beats: list[
 def fetch_heartbeats(conn: psycopg.Connection[tuple[object, ...]]) -> list[SeenProcess]:
     with conn.cursor(row_factory=class_row(SeenProcess)) as cursor:
         return cursor.execute(load_queries(*QUERIES)["fetch_heartbeats"]).fetchall()
+
+
+def expire_orphan_rewards(conn: psycopg.Connection[Any], ttl_seconds: int) -> int:
+    """Move rewards whose trace never came into the rejected store; returns how many."""
+    with conn.transaction():
+        rows = conn.execute(
+            load_queries("grpod.schema", "queries/ingest.sql")["expire_orphan_rewards"], {"ttl_seconds": ttl_seconds}
+        ).fetchall()
+    return len(rows)

@@ -32,3 +32,14 @@ def heartbeat(self: Task[Any, Any], beat: dict[str, Any]) -> None:
     with resources.pool().connection() as conn:
         maintenance.record_heartbeats(conn, [worker, scheduler])
     log.info("heartbeat", beat_hostname=scheduler.hostname)
+
+
+@shared_task(name="grpod.maintenance.expire_rewards")
+def expire_rewards() -> int:
+    """Rewards that waited longer than GRPOD_REWARD_TTL_SECONDS for their trace become rejected events."""
+    settings = resources.settings()
+    with resources.pool().connection() as conn:
+        expired = maintenance.expire_orphan_rewards(conn, settings.reward_ttl_seconds)
+    if expired:
+        log.warning("rewards expired without their trace", count=expired, ttl_seconds=settings.reward_ttl_seconds)
+    return expired

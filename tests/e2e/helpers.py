@@ -21,9 +21,7 @@ def grpod_env(home: Path, **settings: str) -> dict[str, str]:
 
 
 def run_grpod(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*GRPOD, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return subprocess.run([*GRPOD, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:

@@ -10,9 +10,7 @@ import pytest
 from ..conftest import unavailable
 from .helpers import grpod_env, run_grpod
 
-PLAIN_POSTGRES_URL = os.environ.get(
-    "GRPOD_TEST_PLAIN_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+PLAIN_POSTGRES_URL = os.environ.get("GRPOD_TEST_PLAIN_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def test_help_lists_the_commands(tmp_path: Path) -> None:
@@ -40,13 +38,9 @@ def test_bad_database_url(tmp_path: Path, command: list[str]) -> None:
 
 
 def test_unreachable_database(tmp_path: Path) -> None:
-    env = grpod_env(
-        tmp_path, database_url="postgresql://grpod:secret@127.0.0.1:1/grpod", database_connect_timeout="2"
-    )
+    env = grpod_env(tmp_path, database_url="postgresql://grpod:secret@127.0.0.1:1/grpod", database_connect_timeout="2")
     result = run_grpod(["migrate"], env)
-    _assert_one_clear_sentence(
-        result, "GRPOD_DATABASE_URL=postgresql://grpod:***@127.0.0.1:1/grpod cannot be reached"
-    )
+    _assert_one_clear_sentence(result, "GRPOD_DATABASE_URL=postgresql://grpod:***@127.0.0.1:1/grpod cannot be reached")
     assert "secret" not in result.stderr
 
 
@@ -58,18 +52,14 @@ def test_database_without_pgvector(tmp_path: Path) -> None:
     if probe.returncode != 0:
         unavailable(f"the plain PostgreSQL at {PLAIN_POSTGRES_URL} cannot be reached: {probe.stderr.strip()}")
     env = grpod_env(tmp_path, database_url=PLAIN_POSTGRES_URL)
-    _assert_one_clear_sentence(
-        run_grpod(["migrate"], env), "GRPOD_DATABASE_URL=", "without the pgvector extension"
-    )
+    _assert_one_clear_sentence(run_grpod(["migrate"], env), "GRPOD_DATABASE_URL=", "without the pgvector extension")
 
 
 def test_unwritable_home(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x", encoding="utf-8")
     env = grpod_env(blocker / "home")
-    _assert_one_clear_sentence(
-        run_grpod(["up"], env), f"GRPOD_HOME={blocker / 'home'} is not a writable folder"
-    )
+    _assert_one_clear_sentence(run_grpod(["up"], env), f"GRPOD_HOME={blocker / 'home'} is not a writable folder")
 
 
 def test_bad_broker_url(tmp_path: Path) -> None:
@@ -79,6 +69,4 @@ def test_bad_broker_url(tmp_path: Path) -> None:
 
 def test_unknown_stage_for_a_worker(tmp_path: Path) -> None:
     env = grpod_env(tmp_path, database_url="postgresql://x@127.0.0.1:1/x")
-    _assert_one_clear_sentence(
-        run_grpod(["worker", "--queues", "ingest,bogus"], env), "unknown stage 'bogus'"
-    )
+    _assert_one_clear_sentence(run_grpod(["worker", "--queues", "ingest,bogus"], env), "unknown stage 'bogus'")

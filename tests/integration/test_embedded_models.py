@@ -49,9 +49,7 @@ def test_the_llm_loads_from_its_package_and_answers_json_under_a_schema() -> Non
         "required": ["answer"],
     }
     result = llm.create_chat_completion(
-        messages=[
-            {"role": "user", "content": "Reply with a JSON object whose answer is the capital of France."}
-        ],
+        messages=[{"role": "user", "content": "Reply with a JSON object whose answer is the capital of France."}],
         response_format={"type": "json_object", "schema": schema},
         max_tokens=32,
         temperature=0.0,

@@ -14,9 +14,7 @@ from grpod.daemon.migrations import migrate, shipped_migrations
 
 from ..conftest import unavailable
 
-PLAIN_POSTGRES_URL = os.environ.get(
-    "GRPOD_TEST_PLAIN_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+PLAIN_POSTGRES_URL = os.environ.get("GRPOD_TEST_PLAIN_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def _applied(url: str) -> list[tuple[Any, ...]]:

@@ -16,8 +16,9 @@ from kombu.connection import Connection
 from kombu.entity import Queue
 
 from grpod.daemon import resources
-from grpod.daemon.celery_app import STAGES, create_app, dead_letter_queue, declare_dead_letter_queue
+from grpod.daemon.celery_app import STAGES, create_app, declare_dead_letter_queue
 from grpod.daemon.settings import Settings
+from grpod.daemon.topology import dead_letter_queue
 
 ATTEMPTS: dict[str, int] = {}
 
@@ -136,9 +137,7 @@ def test_heartbeat_task_runs_end_to_end_through_rabbitmq(
     deadline = time.monotonic() + 20
     while len(rows) < 2 and time.monotonic() < deadline:
         with psycopg.connect(database_url) as conn:
-            rows = conn.execute(
-                "SELECT role, hostname, pid, version FROM heartbeats ORDER BY role"
-            ).fetchall()
+            rows = conn.execute("SELECT role, hostname, pid, version FROM heartbeats ORDER BY role").fetchall()
         time.sleep(0.1)
     assert rows[0] == ("beat", "beat-host", 4242, "9.9.9")
     assert rows[1][0] == "worker"

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from grpod.daemon.celery_app import STAGES, create_app, dead_letter_queue, queue_name
+from grpod.daemon.celery_app import STAGES, create_app
 from grpod.daemon.settings import Settings
+from grpod.daemon.topology import dead_letter_queue, queue_name
 
 RABBIT = "amqp://guest:guest@rabbit:5672//"
 

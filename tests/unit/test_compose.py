@@ -58,10 +58,7 @@ def test_the_worker_scales_no_fixed_name_or_port(compose: dict[str, Any]) -> Non
 def test_grpod_services_point_at_the_compose_postgres_and_rabbitmq(compose: dict[str, Any]) -> None:
     for role in ("migrate", "worker", "beat"):
         env = compose["services"][role]["environment"]
-        assert (
-            env["GRPOD_DATABASE_URL"].startswith("postgresql://")
-            and "@postgres:5432/" in env["GRPOD_DATABASE_URL"]
-        )
+        assert env["GRPOD_DATABASE_URL"].startswith("postgresql://") and "@postgres:5432/" in env["GRPOD_DATABASE_URL"]
         assert env["GRPOD_BROKER_URL"].startswith("amqp://") and "@rabbitmq:5672/" in env["GRPOD_BROKER_URL"]
         known = {f"GRPOD_{name.upper()}" for name in Settings.model_fields}
         assert set(env) <= known, f"{role} sets unknown variables: {set(env) - known}"

@@ -58,9 +58,7 @@ def test_every_line_of_a_task_carries_its_id_name_and_domain(
 
     example.apply(kwargs={"domain": "support"}, task_id="task-42")
     lines = [
-        line
-        for line in _json_lines(capsys.readouterr().err)
-        if line.get("logger") in ("grpod.test", "grpod.plain")
+        line for line in _json_lines(capsys.readouterr().err) if line.get("logger") in ("grpod.test", "grpod.plain")
     ]
     assert len(lines) == 2
     for line in lines:

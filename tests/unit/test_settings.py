@@ -109,8 +109,6 @@ def test_malformed_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 
 def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
-    missing = [
-        f"GRPOD_{name.upper()}" for name in Settings.model_fields if f"`GRPOD_{name.upper()}`" not in readme
-    ]
+    missing = [f"GRPOD_{name.upper()}" for name in Settings.model_fields if f"`GRPOD_{name.upper()}`" not in readme]
     assert missing == [], f"settings not documented in README.md: {missing}"
     assert "`GRPOD_CONFIG`" in readme

@@ -1,0 +1,375 @@
+"""Moving raw events from agents to the ingest consumer: over RabbitMQ, or an embedded spool.
+
+Publishing (the SDK's side) waits for the broker to confirm every event, in
+batches, and retries a bounded number of times. Consuming (the ingest side)
+hands out batches that stay unacknowledged until the caller has committed
+them, so a consumer killed mid-batch loses nothing: the broker delivers the
+batch again and storage is idempotent.
+
+The embedded "broker" for events is a spool folder: one file per event,
+written atomically (temporary file, fsync, rename). A consumer claims files by
+renaming them into its own folder and deletes them only after its commit; the
+claims of a consumer that died are returned on the next start, counting one
+delivery. Unlike kombu's filesystem transport this loses nothing when a
+consumer is killed.
+
+This module is imported by the SDK: kombu and the standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from kombu.connection import Connection
+from kombu.entity import Queue
+from kombu.messaging import Consumer
+
+from grpod.daemon.topology import dead_events_queue, events_exchange, events_queue, is_rabbitmq
+from grpod.daemon.urls import redact
+
+
+class PublishError(Exception):
+    """Events could not be handed to the broker within the retry budget (the caller keeps them)."""
+
+
+@dataclass
+class Delivery:
+    """One event handed to the ingest consumer; ``dead`` when delivered too often already."""
+
+    body: bytes
+    token: Any
+    dead: bool = False
+    death: str = ""
+
+
+class EventPublisher(Protocol):
+    def publish(self, bodies: Sequence[bytes]) -> None: ...
+    def close(self) -> None: ...
+
+
+class EventSource(Protocol):
+    def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]: ...
+    def ack(self, deliveries: Sequence[Delivery]) -> None: ...
+    def release(self, deliveries: Sequence[Delivery]) -> None: ...
+    def depth(self) -> int: ...
+    def close(self) -> None: ...
+
+
+# RabbitMQ ---------------------------------------------------------------------------------------
+
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, socket.timeout, ConnectionError)
+
+
+def _amqp_errors() -> tuple[type[BaseException], ...]:
+    from amqp.exceptions import ConnectionError as AmqpConnectionError
+    from amqp.exceptions import RecoverableConnectionError
+
+    return (*_CONNECTION_ERRORS, AmqpConnectionError, RecoverableConnectionError)
+
+
+def declare_event_queues(channel: Any, prefix: str, broker_url: str, delivery_limit: int) -> Queue:
+    """Declare the events queue (and, on RabbitMQ, its dead-letter queue); returns the events queue.
+
+    A queue that already exists with other arguments (another delivery limit) is used as it is.
+    """
+    from amqp.exceptions import PreconditionFailed
+
+    queue = events_queue(prefix, broker_url, delivery_limit)
+    bound = queue(channel)
+    try:
+        bound.declare()
+    except PreconditionFailed:
+        channel = channel.connection.channel() if hasattr(channel, "connection") else channel
+        bound = queue(channel)
+        bound.queue_declare(passive=True)
+    if is_rabbitmq(broker_url):
+        dead = dead_events_queue(prefix)(channel)
+        dead.declare()
+    return queue
+
+
+class AmqpPublisher:
+    """Publishes with publisher confirms, a batch at a time, retrying on connection loss."""
+
+    def __init__(self, url: str, prefix: str, delivery_limit: int, timeout: float, retries: int) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.delivery_limit = delivery_limit
+        self.timeout = timeout
+        self.retries = retries
+        self._connection: Connection | None = None
+        self._channel: Any = None
+        self._next_tag = 1  # publisher-confirm sequence numbers start at 1 on each channel
+
+    def _open(self) -> Any:
+        if self._channel is None:
+            connection = Connection(self.url, connect_timeout=self.timeout)
+            connection.ensure_connection(max_retries=1, timeout=self.timeout)
+            channel = connection.channel()
+            declare_event_queues(channel, self.prefix, self.url, self.delivery_limit)
+            channel = connection.channel()  # a fresh channel after a possible declare failure
+            channel.confirm_select()
+            self._connection, self._channel = connection, channel
+        return self._channel
+
+    def publish(self, bodies: Sequence[bytes]) -> None:
+        errors = _amqp_errors()
+        last_error: BaseException | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                self._publish_confirmed(bodies)
+                return
+            except errors as error:
+                last_error = error
+                self.close()
+                if attempt < self.retries:
+                    time.sleep(min(0.2 * 2**attempt, 2.0))
+        raise PublishError(
+            f"could not publish {len(bodies)} event(s) to {redact(self.url)} after "
+            f"{self.retries + 1} attempt(s): {last_error}"
+        )
+
+    def _publish_confirmed(self, bodies: Sequence[bytes]) -> None:
+        from amqp import Message
+
+        channel = self._open()
+        assert self._connection is not None
+        confirmed = _Confirmations()
+        channel.events["basic_ack"].add(confirmed.ack)
+        channel.events["basic_nack"].add(confirmed.nack)
+        try:
+            first = self._next_tag
+            exchange = events_exchange(self.prefix).name
+            for body in bodies:
+                message = Message(body, content_type="application/json", delivery_mode=2)
+                channel.basic_publish(message, exchange=exchange, routing_key="event", mandatory=False)
+            last = first + len(bodies) - 1
+            self._next_tag = last + 1
+            deadline = time.monotonic() + self.timeout
+            while not confirmed.covers(first, last):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"the broker did not confirm within {self.timeout}s")
+                with contextlib.suppress(socket.timeout, TimeoutError):
+                    self._connection.drain_events(timeout=min(remaining, 1.0))
+            if confirmed.nacked:
+                raise ConnectionError("the broker refused (nacked) some events")
+        finally:
+            channel.events["basic_ack"].discard(confirmed.ack)
+            channel.events["basic_nack"].discard(confirmed.nack)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.close()
+        self._connection, self._channel = None, None
+        self._next_tag = 1
+
+
+@dataclass
+class _Confirmations:
+    acked_upto: int = 0
+    acked: set[int] = field(default_factory=set)
+    nacked: bool = False
+
+    def ack(self, delivery_tag: int, multiple: bool) -> None:
+        if multiple:
+            self.acked_upto = max(self.acked_upto, delivery_tag)
+        else:
+            self.acked.add(delivery_tag)
+
+    def nack(self, delivery_tag: int, multiple: bool) -> None:
+        self.nacked = True
+        self.ack(delivery_tag, multiple)
+
+    def covers(self, first: int, last: int) -> bool:
+        return all(tag <= self.acked_upto or tag in self.acked for tag in range(first, last + 1))
+
+
+class AmqpSource:
+    """Batches from ``<prefix>.events`` (and dead events from ``<prefix>.events.dead``)."""
+
+    def __init__(self, url: str, prefix: str, delivery_limit: int, prefetch: int) -> None:
+        self.url = url
+        self.connection = Connection(url, heartbeat=0)
+        self.connection.ensure_connection(max_retries=3)
+        channel = self.connection.channel()
+        self.queue = declare_event_queues(channel, prefix, url, delivery_limit)
+        self.channel = self.connection.channel()
+        self.channel.basic_qos(prefetch_size=0, prefetch_count=prefetch, a_global=False)
+        self._buffer: list[Delivery] = []
+        queues = [self.queue]
+        self.consumer = Consumer(self.channel, queues=queues, on_message=self._on_message, no_ack=False)
+        self.consumer.consume()
+        self.dead_consumer = Consumer(
+            self.channel, queues=[dead_events_queue(prefix)], on_message=self._on_dead_message, no_ack=False
+        )
+        self.dead_consumer.consume()
+
+    def _on_message(self, message: Any) -> None:
+        self._buffer.append(Delivery(body=bytes(message.body), token=message))
+
+    def _on_dead_message(self, message: Any) -> None:
+        deaths = message.headers.get("x-death") or [{}]
+        death = deaths[0]
+        reason = f"delivered {death.get('count', '?')} time(s) beyond the limit ({death.get('reason', 'unknown')})"
+        self._buffer.append(Delivery(body=bytes(message.body), token=message, dead=True, death=reason))
+
+    def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
+        deadline = time.monotonic() + wait_seconds
+        while len(self._buffer) < max_count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                self.connection.drain_events(timeout=remaining)
+            except TimeoutError:
+                break
+        batch, self._buffer = self._buffer[:max_count], self._buffer[max_count:]
+        return batch
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        if deliveries:
+            # One frame acknowledges the whole batch: every earlier tag on this channel is ours.
+            last = max(deliveries, key=lambda d: d.token.delivery_tag)
+            last.token.ack(multiple=True)
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            delivery.token.requeue()
+
+    def depth(self) -> int:
+        _, count, _ = self.queue(self.connection.channel()).queue_declare(passive=True)
+        return int(count)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.connection.close()
+
+
+# The embedded spool -----------------------------------------------------------------------------
+
+
+def _spool_name(attempts: int) -> str:
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex}.{attempts}.json"
+
+
+def _attempts(name: str) -> int:
+    parts = name.split(".")
+    return int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else 0
+
+
+class SpoolPublisher:
+    """Writes each event as a file in the spool; durable once ``publish`` returns."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def publish(self, bodies: Sequence[bytes]) -> None:
+        try:
+            for body in bodies:
+                temporary = self.folder / f".tmp-{uuid.uuid4().hex}"
+                with temporary.open("wb") as handle:
+                    handle.write(body)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temporary, self.folder / _spool_name(0))
+            directory = os.open(self.folder, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except OSError as error:
+            raise PublishError(f"could not write event(s) to the spool {self.folder}: {error}") from None
+
+    def close(self) -> None:
+        return None
+
+
+class SpoolSource:
+    """Claims spool files by renaming them into a folder of its own."""
+
+    def __init__(self, folder: Path, delivery_limit: int) -> None:
+        self.folder = folder
+        self.delivery_limit = delivery_limit
+        self.claims_root = folder.parent / f"{folder.name}-claimed"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.claims_root.mkdir(parents=True, exist_ok=True)
+        self.return_dead_claims()
+        self.claims = self.claims_root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.claims.mkdir()
+
+    def return_dead_claims(self) -> int:
+        """Give back what consumers that died had claimed, counting one more delivery."""
+        returned = 0
+        for claim in self.claims_root.iterdir():
+            pid = int(claim.name.split("-", 1)[0]) if claim.name.split("-", 1)[0].isdigit() else 0
+            if pid and _alive(pid):
+                continue
+            for path in claim.iterdir():
+                name = path.name.rsplit(".", 2)[0]
+                os.replace(path, self.folder / f"{name}.{_attempts(path.name) + 1}.json")
+                returned += 1
+            with contextlib.suppress(OSError):
+                claim.rmdir()
+        return returned
+
+    def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
+        deadline = time.monotonic() + wait_seconds
+        batch: list[Delivery] = []
+        while True:
+            names = sorted(entry.name for entry in os.scandir(self.folder) if entry.name.endswith(".json"))
+            for name in names[: max_count - len(batch)]:
+                claimed = self.claims / name
+                try:
+                    os.replace(self.folder / name, claimed)
+                except FileNotFoundError:  # another consumer took it
+                    continue
+                body = claimed.read_bytes()
+                attempts = _attempts(name)
+                dead = attempts >= self.delivery_limit
+                death = f"delivered {attempts} time(s) without being stored" if dead else ""
+                batch.append(Delivery(body=body, token=claimed, dead=dead, death=death))
+            if len(batch) >= max_count or time.monotonic() >= deadline:
+                return batch
+            time.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            with contextlib.suppress(FileNotFoundError):
+                Path(delivery.token).unlink()
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            path = Path(delivery.token)
+            name = path.name.rsplit(".", 2)[0]
+            os.replace(path, self.folder / f"{name}.{_attempts(path.name) + 1}.json")
+
+    def depth(self) -> int:
+        return sum(1 for entry in os.scandir(self.folder) if entry.name.endswith(".json"))
+
+    def close(self) -> None:
+        # Whatever is still claimed goes back (a clean stop is not a failed delivery).
+        for path in self.claims.iterdir():
+            os.replace(path, self.folder / path.name)
+        with contextlib.suppress(OSError):
+            self.claims.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,193 @@
+"""The agent SDK: record traces and rewards from inside an agent's process.
+
+Light by design: it imports kombu and pydantic, never Celery, torch, llama.cpp,
+sentence-transformers, a database driver or worker code, and it needs no
+database. Events are validated here first (a bad event raises
+``InvalidEventError`` at once, in the agent), then published with broker
+confirms; if the broker cannot be reached within the retry budget,
+``PublishError`` is raised: the agent is never blocked for long and an
+event is never dropped silently.
+
+    from grpod.daemon.sdk import Client
+
+    with Client() as grpod:  # GRPOD_BROKER_URL, or the embedded spool
+        trace_id = grpod.record_trace(
+            domain="support",
+            query="How do I rotate my API key?",
+            trajectory=[{"role": "user", "content": "How do I rotate my API key?"},
+                        {"role": "assistant", "content": "Settings > API keys > Rotate."}],
+            answer="Settings > API keys > Rotate.",
+            library_version=7,
+        )
+        grpod.record_reward(trace_id, 1.0, source="user_thumbs")
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+
+from ulid import ULID
+
+from grpod.daemon.event_queue import AmqpPublisher, EventPublisher, PublishError, SpoolPublisher
+from grpod.daemon.events import Accepted, Limits, RewardEvent, TraceEvent, validate_event
+from grpod.daemon.settings import Settings, load_settings
+from grpod.daemon.topology import is_rabbitmq
+
+__all__ = ["Client", "InvalidEventError", "PublishError", "new_trace_id"]
+
+
+class InvalidEventError(ValueError):
+    """The event breaks the wire contract; the message says which field and why."""
+
+
+def new_trace_id() -> str:
+    """A time-ordered, unique id (a ULID: 26 characters, sortable by creation time)."""
+    return str(ULID())
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _iso(moment: datetime | str | None) -> str:
+    if moment is None:
+        return _now()
+    if isinstance(moment, datetime):
+        if moment.tzinfo is None:
+            raise InvalidEventError("created_at must carry a time zone (use datetime.now(UTC))")
+        return moment.isoformat()
+    return moment
+
+
+class Client:
+    """Publishes trace and reward events to grpod. Safe to share between threads."""
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        self.settings = settings or load_settings(**overrides)
+        self._limits: Limits = self.settings.limits()
+        self._lock = threading.Lock()
+        self._publisher: EventPublisher | None = None
+
+    # Building events ---------------------------------------------------------------------------
+
+    def trace_event(
+        self,
+        *,
+        domain: str,
+        query: str,
+        trajectory: Sequence[Mapping[str, Any]],
+        answer: str,
+        library_version: int | None = None,
+        trace_id: str | None = None,
+        created_at: datetime | str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A validated trace event (a plain dict, the wire form), for ``record_batch``."""
+        document: dict[str, Any] = {
+            "type": "trace",
+            "schema_version": 1,
+            "trace_id": trace_id if trace_id is not None else new_trace_id(),
+            "domain": domain,
+            "query": query,
+            "trajectory": [dict(message) for message in trajectory],
+            "answer": answer,
+            "created_at": _iso(created_at),
+        }
+        if library_version is not None:
+            document["library_version"] = library_version
+        if metadata is not None:
+            document["metadata"] = dict(metadata)
+        return self._validated(document)
+
+    def reward_event(
+        self,
+        trace_id: str,
+        value: float,
+        *,
+        source: str = "default",
+        critique: str | None = None,
+        ground_truth: str | None = None,
+        created_at: datetime | str | None = None,
+    ) -> dict[str, Any]:
+        """A validated reward event (a plain dict, the wire form), for ``record_batch``."""
+        document: dict[str, Any] = {
+            "type": "reward",
+            "schema_version": 1,
+            "trace_id": trace_id,
+            "value": float(value) if isinstance(value, int) and not isinstance(value, bool) else value,
+            "source": source,
+            "created_at": _iso(created_at),
+        }
+        if critique is not None:
+            document["critique"] = critique
+        if ground_truth is not None:
+            document["ground_truth"] = ground_truth
+        return self._validated(document)
+
+    def _validated(self, document: dict[str, Any]) -> dict[str, Any]:
+        result = validate_event(document, self._limits)
+        if not isinstance(result, Accepted):
+            raise InvalidEventError(f"{result.reason.value}: {result.detail}")
+        return document
+
+    # Recording ---------------------------------------------------------------------------------
+
+    def record_trace(self, **fields: Any) -> str:
+        """Publish one trace; returns its trace_id (generated, time-ordered, when not given)."""
+        document = self.trace_event(**fields)
+        self._publish([document])
+        return str(document["trace_id"])
+
+    def record_reward(self, trace_id: str, value: float, **fields: Any) -> None:
+        """Publish one reward for a trace (before or after the trace itself)."""
+        self._publish([self.reward_event(trace_id, value, **fields)])
+
+    def record_batch(self, events: Iterable[Mapping[str, Any] | TraceEvent | RewardEvent]) -> list[str]:
+        """Publish many events with one round of confirms; returns their trace ids in order."""
+        documents: list[dict[str, Any]] = []
+        for event in events:
+            if isinstance(event, TraceEvent | RewardEvent):
+                document = event.model_dump(mode="json", exclude_none=True)
+            else:
+                document = dict(event)
+            documents.append(self._validated(document))
+        self._publish(documents)
+        return [str(document["trace_id"]) for document in documents]
+
+    def _publish(self, documents: Sequence[dict[str, Any]]) -> None:
+        bodies = [json.dumps(document, ensure_ascii=False).encode("utf-8") for document in documents]
+        with self._lock:
+            if self._publisher is None:
+                self._publisher = self._open_publisher()
+            self._publisher.publish(bodies)
+
+    def _open_publisher(self) -> EventPublisher:
+        settings = self.settings
+        if settings.broker_url is None or not is_rabbitmq(settings.broker_url):
+            return SpoolPublisher(settings.event_spool)
+        return AmqpPublisher(
+            settings.broker_url,
+            prefix=settings.queue_prefix,
+            delivery_limit=settings.delivery_limit,
+            timeout=settings.publish_timeout,
+            retries=settings.publish_retries,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._publisher is not None:
+                self._publisher.close()
+                self._publisher = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,22 @@
+-- name: domain_counts
+-- Per domain: traces, and traces with at least one reward.
+SELECT d.name,
+       count(t.trace_id) AS traces,
+       count(t.trace_id) FILTER (WHERE EXISTS (SELECT 1 FROM rewards r WHERE r.trace_id = t.trace_id))
+           AS rewarded_traces
+FROM domains d
+LEFT JOIN traces t ON t.domain = d.name
+GROUP BY d.name
+ORDER BY d.name;
+
+-- name: pending_rewards
+-- Rewards still waiting for their trace.
+SELECT count(*) FROM rewards r WHERE NOT EXISTS (SELECT 1 FROM traces t WHERE t.trace_id = r.trace_id);
+
+-- name: rejected_counts
+-- Rejected events by reason.
+SELECT reason, count(*) FROM rejected_events GROUP BY reason ORDER BY reason;
+
+-- name: last_accepted_at
+-- When the newest trace or reward was stored.
+SELECT greatest((SELECT max(received_at) FROM traces), (SELECT max(received_at) FROM rewards));

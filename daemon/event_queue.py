@@ -71,8 +71,9 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, socket.timeout, 
 def _amqp_errors() -> tuple[type[BaseException], ...]:
     from amqp.exceptions import ConnectionError as AmqpConnectionError
     from amqp.exceptions import RecoverableConnectionError
+    from kombu.exceptions import OperationalError
 
-    return (*_CONNECTION_ERRORS, AmqpConnectionError, RecoverableConnectionError)
+    return (*_CONNECTION_ERRORS, AmqpConnectionError, RecoverableConnectionError, OperationalError)
 
 
 def declare_event_queues(channel: Any, prefix: str, broker_url: str, delivery_limit: int) -> Queue:
@@ -336,7 +337,7 @@ class SpoolSource:
                     continue
                 body = claimed.read_bytes()
                 attempts = _attempts(name)
-                dead = attempts >= self.delivery_limit
+                dead = attempts > self.delivery_limit  # as RabbitMQ's x-delivery-limit counts
                 death = f"delivered {attempts} time(s) without being stored" if dead else ""
                 batch.append(Delivery(body=body, token=claimed, dead=dead, death=death))
             if len(batch) >= max_count or time.monotonic() >= deadline:

@@ -158,7 +158,9 @@ def validate_event(document: dict[str, Any], limits: Limits) -> Parsed:
     kind = document.get("type")
     if kind not in ("trace", "reward"):
         return Rejection(RejectReason.SCHEMA_VIOLATION, f"type is {kind!r}; it must be 'trace' or 'reward'", trace_id)
-    version = document.get("schema_version")
+    if "schema_version" not in document:
+        return Rejection(RejectReason.SCHEMA_VIOLATION, "schema_version is missing", trace_id)
+    version = document["schema_version"]
     if version != SCHEMA_VERSION or isinstance(version, bool):
         return Rejection(
             RejectReason.UNKNOWN_SCHEMA_VERSION,

@@ -1,0 +1,51 @@
+"""Valid wire events for tests, as plain dicts (the JSON an agent would send)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def trace(trace_id: str = "t-1", domain: str = "support", **fields: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "type": "trace",
+        "schema_version": 1,
+        "trace_id": trace_id,
+        "domain": domain,
+        "query": "How do I rotate my API key?",
+        "trajectory": [
+            {"role": "user", "content": "How do I rotate my API key?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "search_docs", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "Settings > API keys > Rotate"},
+            {"role": "assistant", "content": "Go to Settings > API keys and press Rotate."},
+        ],
+        "answer": "Go to Settings > API keys and press Rotate.",
+        "library_version": 7,
+        "created_at": "2026-11-24T10:00:00Z",
+        "metadata": {"agent": "support-bot", "latency_ms": 812},
+    }
+    event.update(fields)
+    return event
+
+
+def reward(trace_id: str = "t-1", value: float = 1.0, source: str = "user_thumbs", **fields: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "type": "reward",
+        "schema_version": 1,
+        "trace_id": trace_id,
+        "value": value,
+        "source": source,
+        "created_at": "2026-11-24T10:05:00Z",
+    }
+    event.update(fields)
+    return event
+
+
+def raw(event: dict[str, Any]) -> bytes:
+    return json.dumps(event).encode("utf-8")

@@ -1,0 +1,201 @@
+"""Storing events in the real PostgreSQL: exactly once, late rewards, conflicts, every rejection kept."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from grpod.daemon.errors import OperatorError
+from grpod.daemon.events import Limits, RejectReason
+from grpod.daemon.rejected import list_rejected, replay
+from grpod.daemon.settings import Settings
+from grpod.daemon.status import domain_counts
+from grpod.workers.ingest import BatchOutcome, Incoming, store_isolating_failures
+from grpod.workers.maintenance import expire_orphan_rewards
+
+from ..factories import raw, reward, trace
+
+LIMITS = Limits(max_event_bytes=64 * 1024, max_query_bytes=256)
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        yield connection
+
+
+def store(conn: psycopg.Connection[Any], *payloads: bytes, origin: str = "queue") -> BatchOutcome:
+    return store_isolating_failures(conn, [Incoming(p, origin) for p in payloads], LIMITS, payload_limit=4096)
+
+
+def count(conn: psycopg.Connection[Any], sql: str) -> int:
+    row = conn.execute(sql).fetchone()  # type: ignore[arg-type]
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_trace_is_stored_once_whatever_the_redeliveries(conn: psycopg.Connection[Any]) -> None:
+    first = store(conn, raw(trace("t-1")), raw(reward("t-1")))
+    assert (first.accepted, first.duplicates) == (2, 0)
+    assert first.stored_traces == {"support": ["t-1"]}
+    again = store(conn, raw(trace("t-1")), raw(reward("t-1")), raw(trace("t-1")))
+    assert (again.accepted, again.duplicates, sum(again.rejected.values())) == (0, 3, 0)
+    assert again.stored_traces == {}
+    assert count(conn, "SELECT count(*) FROM traces") == 1
+    assert count(conn, "SELECT count(*) FROM rewards") == 1
+    stored = conn.execute("SELECT domain, query, trajectory, library_version, metadata FROM traces").fetchone()
+    assert stored is not None
+    assert stored[0] == "support" and stored[3] == 7
+    assert stored[2][2] == {"role": "tool", "tool_call_id": "c1", "content": "Settings > API keys > Rotate"}
+    assert stored[4] == {"agent": "support-bot", "latency_ms": 812}
+
+
+def test_a_reward_before_its_trace_waits_then_joins(conn: psycopg.Connection[Any]) -> None:
+    store(conn, raw(reward("t-late", 0.0, source="tests")))
+    assert (
+        count(
+            conn,
+            "SELECT count(*) FROM rewards r WHERE NOT EXISTS (SELECT 1 FROM traces t WHERE t.trace_id = r.trace_id)",
+        )
+        == 1
+    )
+    assert domain_counts(conn) == []
+    store(conn, raw(trace("t-late")))
+    assert domain_counts(conn) == [{"domain": "support", "traces": 1, "rewarded_traces": 1}]
+
+
+def test_several_reward_sources_for_one_trace(conn: psycopg.Connection[Any]) -> None:
+    outcome = store(
+        conn,
+        raw(trace("t-1")),
+        raw(reward("t-1", 1.0, source="user_thumbs")),
+        raw(reward("t-1", 0.2, source="unit_tests", critique="2 of 10 tests pass")),
+        raw(reward("t-1", 0.7, source="grader", ground_truth="Settings > API keys > Rotate")),
+    )
+    assert outcome.accepted == 4
+    rows = conn.execute("SELECT source, value, critique, ground_truth FROM rewards ORDER BY source").fetchall()
+    assert rows == [
+        ("grader", 0.7, None, "Settings > API keys > Rotate"),
+        ("unit_tests", 0.2, "2 of 10 tests pass", None),
+        ("user_thumbs", 1.0, None, None),
+    ]
+    assert domain_counts(conn) == [{"domain": "support", "traces": 1, "rewarded_traces": 1}]
+
+
+def test_conflicts_are_rejected_and_never_overwrite(conn: psycopg.Connection[Any]) -> None:
+    store(conn, raw(trace("t-1")), raw(reward("t-1", 1.0)))
+    outcome = store(conn, raw(trace("t-1", answer="a different answer")), raw(reward("t-1", 0.0)))
+    assert outcome.rejected == {"conflict": 2}
+    assert conn.execute("SELECT answer FROM traces").fetchone() == ("Go to Settings > API keys and press Rotate.",)
+    assert conn.execute("SELECT value FROM rewards").fetchone() == (1.0,)
+    rejected = list_rejected(conn, reason="conflict", limit=10)
+    assert {r["trace_id"] for r in rejected} == {"t-1"}
+    assert json.loads(rejected[-1]["payload"])["answer"] == "a different answer"
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"\x00\x01 not json", RejectReason.UNPARSABLE),
+        (raw(trace(query=7)), RejectReason.SCHEMA_VIOLATION),
+        (raw(trace(schema_version=9)), RejectReason.UNKNOWN_SCHEMA_VERSION),
+        (raw(trace(domain="No Spaces")), RejectReason.BAD_DOMAIN),
+        (
+            b'{"type":"reward","schema_version":1,"trace_id":"t","value":NaN,"source":"s"}',
+            RejectReason.NON_FINITE_REWARD,
+        ),
+        (raw(trace(answer="x" * 70_000)), RejectReason.EVENT_TOO_LARGE),
+        (raw(trace(query="q" * 300)), RejectReason.QUERY_TOO_LARGE),
+    ],
+)
+def test_every_rejection_is_kept_with_reason_time_and_payload(
+    conn: psycopg.Connection[Any], payload: bytes, reason: RejectReason
+) -> None:
+    outcome = store(conn, raw(trace("t-ok")), payload, raw(trace("t-ok-2")))
+    assert outcome.accepted == 2, "the batch goes on"
+    assert outcome.rejected == {reason.value: 1}
+    (row,) = list_rejected(conn, reason=None, limit=10)
+    assert row["reason"] == reason.value
+    assert row["detail"]
+    assert row["received_at"]
+    assert row["origin"] == "queue"
+    expected = payload[:4096]
+    assert row["payload"] == expected.decode("utf-8", errors="replace")
+    assert row["payload_size"] == len(payload)
+    assert row["payload_truncated"] is (len(payload) > 4096)
+
+
+def test_an_event_the_database_refuses_is_isolated_from_its_batch(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(
+        """
+        CREATE FUNCTION refuse_cursed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.trace_id = 't-cursed' THEN RAISE EXCEPTION 'the database refuses this trace'; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_cursed BEFORE INSERT ON traces FOR EACH ROW EXECUTE FUNCTION refuse_cursed();
+        """
+    )
+    outcome = store(conn, raw(trace("t-a")), raw(trace("t-cursed")), raw(trace("t-b")))
+    assert outcome.accepted == 2
+    assert outcome.rejected == {"processing_error": 1}
+    (row,) = list_rejected(conn, reason="processing_error", limit=5)
+    assert "the database refuses this trace" in row["detail"]
+    assert count(conn, "SELECT count(*) FROM traces") == 2
+
+
+def test_domains_are_created_on_their_first_trace_and_kept_apart(conn: psycopg.Connection[Any]) -> None:
+    store(conn, raw(trace("a-1", domain="billing")), raw(trace("s-1", domain="support")), raw(reward("s-1")))
+    assert domain_counts(conn) == [
+        {"domain": "billing", "traces": 1, "rewarded_traces": 0},
+        {"domain": "support", "traces": 1, "rewarded_traces": 1},
+    ]
+    settings = conn.execute("SELECT name, settings FROM domains ORDER BY name").fetchall()
+    assert settings == [("billing", {}), ("support", {})]
+
+
+def test_orphan_rewards_expire_into_the_rejected_store_and_can_be_replayed(
+    conn: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    store(conn, raw(reward("t-never", 0.5, source="grader", critique="half right")), raw(reward("t-recent")))
+    conn.execute("UPDATE rewards SET received_at = now() - interval '2 hours' WHERE trace_id = 't-never'")
+    assert expire_orphan_rewards(conn, ttl_seconds=3600) == 1
+    assert count(conn, "SELECT count(*) FROM rewards") == 1, "the recent one still waits"
+    (row,) = list_rejected(conn, reason="reward_expired", limit=5)
+    assert row["trace_id"] == "t-never"
+    assert json.loads(row["payload"])["critique"] == "half right"
+    # The trace turns up after all: the operator replays the expired reward.
+    store(conn, raw(trace("t-never")))
+    result = replay(conn, row["id"], Settings(home=tmp_path))
+    assert result.outcome == "accepted"
+    assert conn.execute("SELECT value, critique FROM rewards WHERE trace_id = 't-never'").fetchone() == (
+        0.5,
+        "half right",
+    )
+    (after,) = list_rejected(conn, reason="reward_expired", limit=5)
+    assert after["replay_outcome"] == "accepted" and after["replayed_at"]
+
+
+def test_replay_after_raising_a_limit(conn: psycopg.Connection[Any], tmp_path: Any) -> None:
+    outcome = store(conn, raw(trace("t-long", query="q" * 300)))
+    (rejected_id,) = outcome.rejected_ids
+    again = replay(conn, rejected_id, Settings(home=tmp_path, max_query_bytes=128))
+    assert again.outcome == "rejected" and again.reason == "query_too_large"
+    assert replay(conn, rejected_id, Settings(home=tmp_path, max_query_bytes=1024)).outcome == "accepted"
+    assert replay(conn, rejected_id, Settings(home=tmp_path, max_query_bytes=1024)).outcome == "duplicate"
+    assert count(conn, "SELECT count(*) FROM traces WHERE trace_id = 't-long'") == 1
+
+
+def test_replay_refuses_unknown_ids_and_truncated_payloads(conn: psycopg.Connection[Any], tmp_path: Any) -> None:
+    with pytest.raises(OperatorError, match="there is no rejected event 424242"):
+        replay(conn, 424242, Settings(home=tmp_path))
+    outcome = store_isolating_failures(
+        conn, [Incoming(raw(trace(answer="x" * 9000)), "queue")], Limits(max_event_bytes=2048), payload_limit=1024
+    )
+    (rejected_id,) = outcome.rejected_ids
+    with pytest.raises(OperatorError, match="truncated"):
+        replay(conn, rejected_id, Settings(home=tmp_path))

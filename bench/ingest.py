@@ -50,6 +50,7 @@ from kombu.connection import Connection
 from rich.console import Console
 from rich.table import Table
 
+from grpod.daemon.logs import configure_logging
 from grpod.daemon.migrations import migrate
 from grpod.daemon.sdk import Client
 from grpod.daemon.settings import Settings
@@ -73,7 +74,8 @@ WORD_TEXT = (
 )
 WORDS = WORD_TEXT.split()
 
-console = Console()
+# Wide enough for the table when the output goes to a file or a pipe (rich would assume 80 columns).
+console = Console() if sys.stdout.isatty() else Console(width=120)
 err_console = Console(stderr=True)
 
 
@@ -311,6 +313,7 @@ def consumer_process(
     results: Any,
 ) -> None:
     """Runs in a child process: one IngestConsumer until ``stop``; reports its totals on ``results``."""
+    configure_logging("WARNING", "console")  # the consumer's warnings and errors still show
     try:
         settings = Settings(**settings_fields)
         consumer = IngestConsumer.from_settings(settings, database_url, batch_size=batch_size)
@@ -626,6 +629,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     run_started = time.monotonic()
+    configure_logging("WARNING", "console")  # no "migration applied" line per fresh database
     if "rabbitmq" in args.brokers:
         try:
             with Connection(args.rabbitmq_url, connect_timeout=3) as connection:

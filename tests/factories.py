@@ -34,7 +34,7 @@ def trace(trace_id: str = "t-1", domain: str = "support", **fields: Any) -> dict
     return event
 
 
-def reward(trace_id: str = "t-1", value: float = 1.0, source: str = "user_thumbs", **fields: Any) -> dict[str, Any]:
+def reward(trace_id: str = "t-1", value: Any = 1.0, source: str = "user_thumbs", **fields: Any) -> dict[str, Any]:
     event: dict[str, Any] = {
         "type": "reward",
         "schema_version": 1,

@@ -52,7 +52,8 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setting
 def _counts(database_url: str) -> tuple[int, int, int]:
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
-            "SELECT (SELECT count(*) FROM traces), (SELECT count(*) FROM rewards), (SELECT count(*) FROM rejected_events)"
+            "SELECT (SELECT count(*) FROM traces), (SELECT count(*) FROM rewards),"
+            " (SELECT count(*) FROM rejected_events)"
         ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1]), int(row[2])

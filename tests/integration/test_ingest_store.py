@@ -33,7 +33,7 @@ def store(conn: psycopg.Connection[Any], *payloads: bytes, origin: str = "queue"
 
 
 def count(conn: psycopg.Connection[Any], sql: str) -> int:
-    row = conn.execute(sql).fetchone()  # type: ignore[arg-type]
+    row = conn.execute(sql).fetchone()
     assert row is not None
     return int(row[0])
 

@@ -47,7 +47,7 @@ def schema_accepts(document: dict[str, Any]) -> bool:
     kind = document.get("type")
     if not isinstance(kind, str) or kind not in VALIDATORS:
         return False
-    return VALIDATORS[kind].is_valid(document)
+    return bool(VALIDATORS[kind].is_valid(document))
 
 
 def python_accepts(document: dict[str, Any]) -> bool:
@@ -78,7 +78,7 @@ def test_the_schemas_themselves_are_valid() -> None:
 
 # Strategies -----------------------------------------------------------------------------------
 
-text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
+text = st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=40)
 trace_ids = st.from_regex(r"\A[A-Za-z0-9_.:-]{1,40}\Z")
 domains = st.from_regex(r"\A[a-z0-9][a-z0-9_.-]{0,20}\Z")
 timestamps = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)).map(
@@ -144,8 +144,10 @@ def mutated(draw: st.DrawFn) -> dict[str, Any]:
             document[draw(st.sampled_from(keys))] = draw(odd_values)
         elif action == "add":
             document[draw(text)] = draw(odd_values)
-        elif action == "message" and isinstance(document.get("trajectory"), list):
-            document["trajectory"] = [*document["trajectory"], draw(st.dictionaries(text, odd_values, max_size=3))]
+        elif action == "message":
+            trajectory = document.get("trajectory")
+            if isinstance(trajectory, list):
+                document["trajectory"] = [*trajectory, draw(st.dictionaries(text, odd_values, max_size=3))]
     return document
 
 

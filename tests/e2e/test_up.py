@@ -80,3 +80,32 @@ def test_up_can_start_again_after_a_stop(tmp_path: Path) -> None:
         finally:
             if up.poll() is None:
                 up.kill()
+
+
+def test_events_recorded_by_the_sdk_reach_the_database_through_grpod_up(tmp_path: Path) -> None:
+    from grpod.daemon.sdk import Client
+    from grpod.daemon.settings import Settings
+
+    home = tmp_path / "home"
+    env = grpod_env(home, heartbeat_seconds="1", worker_concurrency="1")
+    up = subprocess.Popen([*GRPOD, "up"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_processes(env, {"worker"}, timeout=120)
+        with Client(Settings(home=home)) as client:
+            trace_id = client.record_trace(
+                domain="support", query="How do I rotate my API key?", trajectory=[], answer="Settings"
+            )
+            client.record_reward(trace_id, 1.0, source="user_thumbs")
+        deadline = time.monotonic() + 60
+        domains: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            domains = json.loads(run_grpod(["domains", "--json"], env).stdout)
+            if domains and domains[0]["rewarded_traces"] == 1:
+                break
+            time.sleep(0.5)
+        assert domains == [{"domain": "support", "traces": 1, "rewarded_traces": 1}]
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=30) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()

@@ -38,6 +38,23 @@ def _settings() -> Settings:
     return settings
 
 
+def _database(settings: Settings) -> str:
+    """The database URL, with grpod's schema in place.
+
+    The embedded database is migrated on first use (nothing to run by hand); an external one
+    must have been migrated by `grpod migrate`, which an operator runs on purpose.
+    """
+    from grpod.daemon.migrations import migrate as apply_migrations
+    from grpod.daemon.migrations import require_current_schema
+
+    url = resources.database_url()
+    if settings.embedded_database:
+        apply_migrations(url, connect_timeout=settings.database_connect_timeout)
+    else:
+        require_current_schema(url, connect_timeout=settings.database_connect_timeout)
+    return url
+
+
 def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
@@ -87,7 +104,7 @@ def worker(
     unknown = [stage for stage in stages if stage not in STAGES]
     if unknown:
         raise OperatorError(f"unknown stage {unknown[0]!r}; the stages are {', '.join(STAGES)}.")
-    resources.database_url()  # fail fast, with a clear sentence, on a bad database
+    _database(settings)  # fail fast, with a clear sentence, on a bad or unmigrated database
     celery = create_app(settings)
     declare_dead_letter_queue(celery, settings)
     if "ingest" in stages:
@@ -127,7 +144,7 @@ def status(as_json: JsonOption = False) -> None:
     from grpod.daemon.status import collect_status
 
     settings = _settings()
-    report = collect_status(settings, resources.database_url())
+    report = collect_status(settings, _database(settings) if settings.embedded_database else resources.database_url())
     if as_json:
         print_json(report)
         return
@@ -167,7 +184,7 @@ def domains(as_json: JsonOption = False) -> None:
     from grpod.daemon.status import domain_counts
 
     settings = _settings()
-    with connect(resources.database_url(), connect_timeout=settings.database_connect_timeout) as conn:
+    with connect(_database(settings), connect_timeout=settings.database_connect_timeout) as conn:
         rows = domain_counts(conn)
     if as_json:
         print_json(rows)
@@ -203,7 +220,7 @@ def ingest(
         console=Console(stderr=True),
         transient=as_json,
     )
-    with progress, stream, connect(resources.database_url(), connect_timeout=settings.database_connect_timeout) as conn:
+    with progress, stream, connect(_database(settings), connect_timeout=settings.database_connect_timeout) as conn:
         task = progress.add_task("ingest", total=total, events=0)
         seen = 0
 
@@ -244,7 +261,7 @@ def rejected_list(
     from grpod.daemon.rejected import list_rejected
 
     settings = _settings()
-    with connect(resources.database_url(), connect_timeout=settings.database_connect_timeout) as conn:
+    with connect(_database(settings), connect_timeout=settings.database_connect_timeout) as conn:
         rows = list_rejected(conn, reason, limit)
     if as_json:
         print_json(rows)
@@ -272,7 +289,7 @@ def rejected_replay(
     from grpod.daemon.rejected import replay
 
     settings = _settings()
-    with connect(resources.database_url(), connect_timeout=settings.database_connect_timeout) as conn:
+    with connect(_database(settings), connect_timeout=settings.database_connect_timeout) as conn:
         result = replay(conn, rejected_id, settings)
     if as_json:
         print_json(

@@ -153,3 +153,18 @@ def _apply(
             "as a user that owns the database (CREATE EXTENSION vector needs superuser rights)."
         ) from None
     log.info("migration applied", version=migration.version, name=migration.name)
+
+
+def require_current_schema(database_url: str, *, connect_timeout: int = 10) -> None:
+    """Refuse to work on a database whose schema is behind this grpod's migrations."""
+    queries = load_queries(MIGRATIONS_PACKAGE, "queries/migrations.sql")
+    newest = max((m.version for m in shipped_migrations()), default=0)
+    with connect(database_url, autocommit=True, connect_timeout=connect_timeout) as conn:
+        exists = conn.execute(queries["migrations_table_exists"]).fetchone()
+        row = conn.execute(queries["current_version"]).fetchone() if exists and exists[0] else None
+    current = int(row[0]) if row else 0
+    if current < newest:
+        raise ConfigError(
+            f"GRPOD_DATABASE_URL={redact(database_url)} has schema version {current} but this grpod needs "
+            f"{newest}; run `grpod migrate` first."
+        )

@@ -89,3 +89,20 @@ def test_operator_mistakes_are_one_sentence(tmp_path: Path, database_url: str) -
     unknown = run_grpod(["rejected", "replay", "999999"], env)
     assert unknown.returncode == 2
     assert unknown.stderr.strip() == "grpod: there is no rejected event 999999; `grpod rejected` lists them."
+
+
+def test_an_unmigrated_external_database_is_refused_with_the_fix(tmp_path: Path, empty_database_url: str) -> None:
+    env = grpod_env(tmp_path / "home", database_url=empty_database_url)
+    result = run_grpod(["domains"], env)
+    assert result.returncode == 2
+    assert "has schema version 0 but this grpod needs" in result.stderr
+    assert result.stderr.strip().endswith("run `grpod migrate` first.")
+
+
+def test_the_embedded_database_needs_no_manual_migration(tmp_path: Path) -> None:
+    env = grpod_env(tmp_path / "home")
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(raw(trace("e-1")) + b"\n")
+    result = run_grpod(["ingest", str(path), "--json"], env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["accepted"] == 1

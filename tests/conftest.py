@@ -58,22 +58,23 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostg
     server.server.cleanup()
 
 
+def _fresh_database(postgres: EmbeddedPostgres, prefix: str, template: str | None) -> Iterator[str]:
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
+    postgres.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
+    yield postgres.url(name)
+    postgres.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture
 def database_url(postgres: EmbeddedPostgres) -> Iterator[str]:
     """A fresh, migrated database for one test (cloned from the template: cheap)."""
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    postgres.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
-    yield postgres.url(name)
-    postgres.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    yield from _fresh_database(postgres, "test", TEMPLATE)
 
 
 @pytest.fixture
 def empty_database_url(postgres: EmbeddedPostgres) -> Iterator[str]:
     """A database with nothing in it, not even the migrations."""
-    name = f"empty_{uuid.uuid4().hex[:16]}"
-    postgres.execute(f"CREATE DATABASE {name}")
-    yield postgres.url(name)
-    postgres.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    yield from _fresh_database(postgres, "empty", None)
 
 
 @pytest.fixture(scope="session")

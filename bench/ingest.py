@@ -9,7 +9,10 @@ What it measures, for each broker (RabbitMQ, and the embedded spool folder):
   publish until the last event is committed in PostgreSQL (``SELECT count(*)`` of ``traces`` and
   ``rewards`` reach the expected totals);
 - **naive**: the same consumer class with ``batch_size=1`` (one transaction and one ack per event),
-  measured the same way on the first ``--naive-events`` events (it is slow; rates are comparable).
+  measured the same way on the first ``--naive-events`` events (it is slow; rates are comparable);
+- **drain** (both consumers again): all events are published first, untimed, then the clock runs
+  from the consumer's start to the last commit: the consumer's own rate through the broker into
+  PostgreSQL, without the publisher competing for the same two cores.
 
 The events are generated deterministically from ``--seed``: about 60% traces (query 50-300 chars,
 2-6 OpenAI-style chat messages of 1-3 KiB in all, answer 100-500 chars) and 40% rewards, each for a
@@ -423,9 +426,19 @@ def measure_publish(options: Options, broker: str, workload: Workload) -> Measur
 
 
 def measure_end_to_end(
-    options: Options, postgres: Postgres, broker: str, label: str, batch_size: int | None, workload: Workload
+    options: Options,
+    postgres: Postgres,
+    broker: str,
+    label: str,
+    batch_size: int | None,
+    workload: Workload,
+    drain: bool = False,
 ) -> Measurement:
-    """Consumer (child process) and SDK publisher at once; seconds from the first publish to the last commit."""
+    """Consumer (child process) and SDK publisher at once; seconds from the first publish to the last commit.
+
+    With ``drain``, everything is published first (untimed) and the clock runs from the consumer's
+    start to the last commit: the consumer's own rate through the broker into PostgreSQL.
+    """
     fields = settings_fields(options, broker)
     settings = Settings(**fields)
     expected = len(workload.events)
@@ -439,6 +452,8 @@ def measure_end_to_end(
     report: dict[str, Any] = {}
     try:
         with postgres.fresh_database() as database_url:
+            if drain:
+                publish_seconds = publish(settings, workload.events, options.publish_batch)
             child = context.Process(
                 target=consumer_process,
                 args=(fields, database_url, batch_size, ready, stop, progress, results),
@@ -449,7 +464,8 @@ def measure_end_to_end(
                 if not ready.wait(60):
                     raise RuntimeError("the consumer process did not become ready within 60 s")
                 started = time.monotonic()
-                publish_seconds = publish(settings, workload.events, options.publish_batch)
+                if not drain:
+                    publish_seconds = publish(settings, workload.events, options.publish_batch)
                 finished = wait_for_commit(database_url, workload, progress, child, started, options.stall_timeout)
                 seconds = finished - started
                 if finished == float("inf"):
@@ -575,25 +591,32 @@ def render(results: dict[tuple[str, str], list[Measurement]], repeat: int) -> Ta
         rows = {label: median_of(runs) for (b, label), runs in results.items() if b == broker}
         if not rows:
             continue
-        batched, naive = rows.get("batched"), rows.get("naive")
-        ratio = batched.rate / naive.rate if batched and naive and naive.rate > 0 else float("nan")
-        for label in ("publish only", "batched", "naive"):
+        ratios = {}
+        for mode in ("", " drain"):
+            batched, naive = rows.get(f"batched{mode}"), rows.get(f"naive{mode}")
+            ratios[f"batched{mode}"] = (
+                batched.rate / naive.rate if batched and naive and naive.rate > 0 else float("nan")
+            )
+        for label in ("publish only", "batched", "naive", "batched drain", "naive drain"):
             row = rows.get(label)
             if row is None:
                 continue
+            kind = "batched" if label.startswith("batched") else "naive"
             name = {
                 "publish only": "SDK publish alone",
-                "batched": f"batched (batch_size={row.batch_size})",
-                "naive": "naive (batch_size=1)",
-            }[label]
+                "batched": f"batched (batch_size={row.batch_size}), concurrent",
+                "naive": "naive (batch_size=1), concurrent",
+            }.get(
+                label, f"{kind} ({'batch_size=' + str(row.batch_size) if kind == 'batched' else 'batch_size=1'}), drain"
+            )
             table.add_row(
                 broker,
                 name + (" [red]FAILED[/red]" if row.errors else ""),
                 f"{row.events:,}",
                 f"{row.seconds:.2f}",
                 f"{row.rate:,.0f}",
-                f"{ratio:.1f}x" if label == "batched" else "",
-                f"{row.events / row.publish_seconds:,.0f}" if row.publish_seconds > 0 else "",
+                f"{ratios[label]:.1f}x" if label in ratios else "",
+                f"{row.events / row.publish_seconds:,.0f}" if row.publish_seconds > 0 and "drain" not in label else "",
             )
     return table
 
@@ -664,6 +687,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "naive",
                         lambda b=broker: measure_end_to_end(options, postgres, b, "naive", 1, naive_load),
                     ),
+                    (
+                        "batched drain",
+                        lambda b=broker: measure_end_to_end(
+                            options, postgres, b, "batched drain", options.batch_size, batched_load, drain=True
+                        ),
+                    ),
+                    (
+                        "naive drain",
+                        lambda b=broker: measure_end_to_end(
+                            options, postgres, b, "naive drain", 1, naive_load, drain=True
+                        ),
+                    ),
                 ]
                 for label, run in plan:
                     err_console.print(f"[{round_number}/{args.repeat}] {broker}: {label} ...", end=" ")
@@ -679,8 +714,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     console.print(render(results, args.repeat))
     console.print(
-        "events/s = events / seconds from the first publish to the last commit (publish only: to the last "
-        "confirm); publish events/s = the SDK's rate in that same measurement, with the consumer running."
+        "concurrent: the SDK publishes while the consumer runs; events/s = events / seconds from the first "
+        "publish to the last commit. drain: everything published first; events/s = events / seconds from the "
+        "consumer's start to the last commit (the consumer's own rate through the broker into PostgreSQL). "
+        "publish events/s = the SDK's rate in that same measurement."
     )
     failures = [error for runs in results.values() for run in runs for error in run.errors]
     for error in failures:

@@ -248,7 +248,11 @@ class AmqpSource:
             delivery.token.requeue()
 
     def depth(self) -> int:
-        _, count, _ = self.queue(self.connection.channel()).queue_declare(passive=True)
+        channel = self.connection.channel()
+        try:
+            _, count, _ = self.queue(channel).queue_declare(passive=True)
+        finally:
+            channel.close()
         return int(count)
 
     def close(self) -> None:

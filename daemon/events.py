@@ -108,6 +108,7 @@ class Limits:
 class Accepted:
     event: Event
     content_hash: bytes  # of the canonical JSON: equal events hash equal, however serialised
+    document: dict[str, Any]  # the event as received (parsed JSON), e.g. to store the trajectory as sent
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def validate_event(document: dict[str, Any], limits: Limits) -> Parsed:
         digest = content_hash(document)
     except UnicodeEncodeError:
         return Rejection(RejectReason.UNPARSABLE, "a string contains a lone UTF-16 surrogate", trace_id)
-    return Accepted(event=event, content_hash=digest)
+    return Accepted(event=event, content_hash=digest, document=document)
 
 
 def describe(error: ValidationError) -> str:

@@ -38,11 +38,15 @@ from grpod.daemon.events import Accepted, Limits, RewardEvent, TraceEvent, valid
 from grpod.daemon.settings import Settings, load_settings
 from grpod.daemon.topology import is_rabbitmq
 
-__all__ = ["Client", "InvalidEventError", "PublishError", "new_trace_id"]
+__all__ = ["Client", "InvalidEventError", "PublishError", "ValidEvent", "new_trace_id"]
 
 
 class InvalidEventError(ValueError):
     """The event breaks the wire contract; the message says which field and why."""
+
+
+class ValidEvent(dict[str, Any]):
+    """An event dict that this SDK built and validated (``record_batch`` need not check it again)."""
 
 
 def new_trace_id() -> str:
@@ -86,7 +90,7 @@ class Client:
         trace_id: str | None = None,
         created_at: datetime | str | None = None,
         metadata: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> ValidEvent:
         """A validated trace event (a plain dict, the wire form), for ``record_batch``."""
         document: dict[str, Any] = {
             "type": "trace",
@@ -113,7 +117,7 @@ class Client:
         critique: str | None = None,
         ground_truth: str | None = None,
         created_at: datetime | str | None = None,
-    ) -> dict[str, Any]:
+    ) -> ValidEvent:
         """A validated reward event (a plain dict, the wire form), for ``record_batch``."""
         document: dict[str, Any] = {
             "type": "reward",
@@ -129,11 +133,13 @@ class Client:
             document["ground_truth"] = ground_truth
         return self._validated(document)
 
-    def _validated(self, document: dict[str, Any]) -> dict[str, Any]:
+    def _validated(self, document: dict[str, Any]) -> ValidEvent:
+        if isinstance(document, ValidEvent):
+            return document
         result = validate_event(document, self._limits)
         if not isinstance(result, Accepted):
             raise InvalidEventError(f"{result.reason.value}: {result.detail}")
-        return document
+        return ValidEvent(document)
 
     # Recording ---------------------------------------------------------------------------------
 
@@ -151,11 +157,12 @@ class Client:
         """Publish many events with one round of confirms; returns their trace ids in order."""
         documents: list[dict[str, Any]] = []
         for event in events:
-            if isinstance(event, TraceEvent | RewardEvent):
-                document = event.model_dump(mode="json", exclude_none=True)
+            if isinstance(event, ValidEvent):
+                documents.append(event)
+            elif isinstance(event, TraceEvent | RewardEvent):
+                documents.append(self._validated(event.model_dump(mode="json", exclude_none=True)))
             else:
-                document = dict(event)
-            documents.append(self._validated(document))
+                documents.append(self._validated(dict(event)))
         self._publish(documents)
         return [str(document["trace_id"]) for document in documents]
 

@@ -11,8 +11,9 @@ content is rejected as a conflict. Every rejected event is kept.
 from __future__ import annotations
 
 import json
+import weakref
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,12 +156,15 @@ def store_batch(
     plan = plan_batch(parsed)
     queries = load_queries(*QUERIES)
     outcome = BatchOutcome(duplicates=len(plan.duplicates))
+    _prepare_staging(conn)
     with conn.transaction(), conn.cursor() as cursor:
-        traces = [_accepted(parsed, c.index) for c in plan.traces]
-        if traces:
-            trace_events = [t for t in traces if isinstance(t, TraceEvent)]
+        if plan.traces:
+            trace_events = [e for e in (_accepted(parsed, c.index) for c in plan.traces) if isinstance(e, TraceEvent)]
             cursor.execute(queries["ensure_domains"], {"names": sorted({t.domain for t in trace_events})})
-            cursor.execute(queries["insert_traces"], _trace_columns(plan.traces, trace_events))
+            with cursor.copy(queries["copy_traces"]) as copy:
+                for row in _trace_rows(parsed, plan.traces):
+                    copy.write_row(row)
+            cursor.execute(queries["insert_traces"])
             inserted: set[Hashable] = {row[0] for row in cursor.fetchall()}
             stored = _stored_hashes(cursor, queries["trace_hashes"], plan.traces, inserted, rewards=False)
             new, duplicates, conflicts = split_existing(plan.traces, inserted, stored)
@@ -173,9 +177,10 @@ def store_batch(
                 outcome.stored_traces.setdefault(event.domain, []).append(event.trace_id)
             outcome.accepted += len(new)
         if plan.rewards:
-            rewards = [_accepted(parsed, c.index) for c in plan.rewards]
-            reward_events = [r for r in rewards if isinstance(r, RewardEvent)]
-            cursor.execute(queries["insert_rewards"], _reward_columns(plan.rewards, reward_events))
+            with cursor.copy(queries["copy_rewards"]) as copy:
+                for row in _reward_rows(parsed, plan.rewards):
+                    copy.write_row(row)
+            cursor.execute(queries["insert_rewards"])
             inserted = {(row[0], row[1]) for row in cursor.fetchall()}
             stored = _stored_hashes(cursor, queries["reward_hashes"], plan.rewards, inserted, rewards=True)
             new, duplicates, conflicts = split_existing(plan.rewards, inserted, stored)
@@ -229,33 +234,49 @@ def _stored_hashes(
     return {row[0]: bytes(row[1]) for row in cursor.fetchall()}
 
 
-def _trace_columns(candidates: Sequence[Candidate], events: Sequence[TraceEvent]) -> dict[str, list[Any]]:
-    return {
-        "trace_ids": [e.trace_id for e in events],
-        "domains": [e.domain for e in events],
-        "queries": [e.query for e in events],
-        "trajectories": [
-            json.dumps([m.model_dump(mode="json", exclude_none=True) for m in e.trajectory], ensure_ascii=False)
-            for e in events
-        ],
-        "answers": [e.answer for e in events],
-        "library_versions": [e.library_version for e in events],
-        "metadata": [_json_or_none(e.metadata) for e in events],
-        "created_ats": [e.created_at for e in events],
-        "content_hashes": [c.content_hash for c in candidates],
-    }
+_STAGED: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
 
 
-def _reward_columns(candidates: Sequence[Candidate], events: Sequence[RewardEvent]) -> dict[str, list[Any]]:
-    return {
-        "trace_ids": [e.trace_id for e in events],
-        "sources": [e.source for e in events],
-        "values": [e.value for e in events],
-        "critiques": [e.critique for e in events],
-        "ground_truths": [e.ground_truth for e in events],
-        "created_ats": [e.created_at for e in events],
-        "content_hashes": [c.content_hash for c in candidates],
-    }
+def _prepare_staging(conn: psycopg.Connection[Any]) -> None:
+    """Create this session's staging tables once per connection."""
+    if conn not in _STAGED:
+        with conn.transaction():
+            conn.execute(load_queries(*QUERIES)["create_staging"])
+        _STAGED.add(conn)
+
+
+def _trace_rows(parsed: Sequence[Parsed], candidates: Sequence[Candidate]) -> Iterator[tuple[Any, ...]]:
+    for candidate in candidates:
+        item = parsed[candidate.index]
+        assert isinstance(item, Accepted) and isinstance(item.event, TraceEvent)
+        event = item.event
+        yield (
+            event.trace_id,
+            event.domain,
+            event.query,
+            json.dumps(item.document["trajectory"], ensure_ascii=False),  # as sent, extra fields kept
+            event.answer,
+            event.library_version,
+            _json_or_none(event.metadata),
+            event.created_at,
+            candidate.content_hash,
+        )
+
+
+def _reward_rows(parsed: Sequence[Parsed], candidates: Sequence[Candidate]) -> Iterator[tuple[Any, ...]]:
+    for candidate in candidates:
+        item = parsed[candidate.index]
+        assert isinstance(item, Accepted) and isinstance(item.event, RewardEvent)
+        event = item.event
+        yield (
+            event.trace_id,
+            event.source,
+            event.value,
+            event.critique,
+            event.ground_truth,
+            event.created_at,
+            candidate.content_hash,
+        )
 
 
 def store_isolating_failures(

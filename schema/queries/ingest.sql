@@ -4,15 +4,27 @@ INSERT INTO domains (name)
 SELECT DISTINCT unnest(%(names)s::text[])
 ON CONFLICT (name) DO NOTHING;
 
+-- name: create_staging
+-- Per-session staging tables that COPY fills for one batch (emptied at commit).
+CREATE TEMP TABLE IF NOT EXISTS incoming_traces (
+    trace_id text, domain text, query text, trajectory text, answer text, library_version integer,
+    metadata text, created_at timestamptz, content_hash bytea
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS incoming_rewards (
+    trace_id text, source text, value double precision, critique text, ground_truth text,
+    created_at timestamptz, content_hash bytea
+) ON COMMIT DELETE ROWS;
+
+-- name: copy_traces
+-- Stage a batch of traces (COPY: no per-value escaping in Python).
+COPY incoming_traces (trace_id, domain, query, trajectory, answer, library_version, metadata, created_at,
+                      content_hash) FROM STDIN;
+
 -- name: insert_traces
--- Store new traces; a trace_id already stored is left alone (the caller compares hashes).
+-- Store the staged traces that are new; a trace_id already stored is left alone (the caller compares hashes).
 INSERT INTO traces (trace_id, domain, query, trajectory, answer, library_version, metadata, created_at, content_hash)
-SELECT t.trace_id, t.domain, t.query, t.trajectory::jsonb, t.answer, t.library_version, t.metadata::jsonb,
-       t.created_at, t.content_hash
-FROM unnest(%(trace_ids)s::text[], %(domains)s::text[], %(queries)s::text[], %(trajectories)s::text[],
-            %(answers)s::text[], %(library_versions)s::integer[], %(metadata)s::text[],
-            %(created_ats)s::timestamptz[], %(content_hashes)s::bytea[])
-     AS t(trace_id, domain, query, trajectory, answer, library_version, metadata, created_at, content_hash)
+SELECT trace_id, domain, query, trajectory::jsonb, answer, library_version, metadata::jsonb, created_at, content_hash
+FROM incoming_traces
 ON CONFLICT (trace_id) DO NOTHING
 RETURNING trace_id;
 
@@ -20,12 +32,14 @@ RETURNING trace_id;
 -- The stored content hash of each of these traces.
 SELECT trace_id, content_hash FROM traces WHERE trace_id = ANY(%(trace_ids)s::text[]);
 
+-- name: copy_rewards
+-- Stage a batch of rewards.
+COPY incoming_rewards (trace_id, source, value, critique, ground_truth, created_at, content_hash) FROM STDIN;
+
 -- name: insert_rewards
--- Store new rewards; a (trace_id, source) already stored is left alone.
+-- Store the staged rewards that are new; a (trace_id, source) already stored is left alone.
 INSERT INTO rewards (trace_id, source, value, critique, ground_truth, created_at, content_hash)
-SELECT * FROM unnest(%(trace_ids)s::text[], %(sources)s::text[], %(values)s::float8[],
-                     %(critiques)s::text[], %(ground_truths)s::text[], %(created_ats)s::timestamptz[],
-                     %(content_hashes)s::bytea[])
+SELECT trace_id, source, value, critique, ground_truth, created_at, content_hash FROM incoming_rewards
 ON CONFLICT (trace_id, source) DO NOTHING
 RETURNING trace_id, source;
 

@@ -17,6 +17,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION = 1
@@ -129,11 +130,16 @@ def parse_event(raw: bytes, limits: Limits) -> Parsed:
             f"the event is {len(raw)} bytes; the limit is {limits.max_event_bytes} (GRPOD_MAX_EVENT_BYTES)",
         )
     try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        return Rejection(RejectReason.UNPARSABLE, f"not UTF-8 JSON: {error}")
-    except RecursionError:
-        return Rejection(RejectReason.UNPARSABLE, "JSON nested too deeply")
+        document = orjson.loads(raw)  # strict: UTF-8 only, no NaN, 64-bit integers
+    except orjson.JSONDecodeError:
+        # Rare: say precisely what is wrong (the standard parser also reads NaN and big
+        # integers, which validation then refuses with their own reasons).
+        try:
+            document = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            return Rejection(RejectReason.UNPARSABLE, f"not UTF-8 JSON: {error}")
+        except RecursionError:
+            return Rejection(RejectReason.UNPARSABLE, "JSON nested too deeply")
     if not isinstance(document, dict):
         return Rejection(RejectReason.UNPARSABLE, f"a JSON {type(document).__name__} is not an event object")
     if b"\\u0000" in raw and _has_nul(document):
@@ -212,7 +218,12 @@ def describe(error: ValidationError) -> str:
 
 def canonical_json(document: dict[str, Any]) -> bytes:
     """One byte string per distinct event, however it was serialised (raises on lone surrogates)."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as error:  # a lone surrogate, or an integer beyond 64 bits
+        if isinstance(error.__cause__, UnicodeEncodeError) or "surrogates" in str(error):
+            raise UnicodeEncodeError("utf-8", "", 0, 1, "lone surrogate") from None
+        return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def content_hash(document: dict[str, Any]) -> bytes:

@@ -24,13 +24,13 @@ event is never dropped silently.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
+import orjson
 from ulid import ULID
 
 from grpod.daemon.event_queue import AmqpPublisher, EventPublisher, PublishError, SpoolPublisher
@@ -167,7 +167,7 @@ class Client:
         return [str(document["trace_id"]) for document in documents]
 
     def _publish(self, documents: Sequence[dict[str, Any]]) -> None:
-        bodies = [json.dumps(document, ensure_ascii=False).encode("utf-8") for document in documents]
+        bodies = [orjson.dumps(document) for document in documents]
         with self._lock:
             if self._publisher is None:
                 self._publisher = self._open_publisher()

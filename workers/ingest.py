@@ -10,13 +10,13 @@ content is rejected as a conflict. Every rejected event is kept.
 
 from __future__ import annotations
 
-import json
 import weakref
 from collections import Counter
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import psycopg
 
 from grpod.daemon.events import (
@@ -136,7 +136,7 @@ def bound_payload(payload: bytes, limit: int) -> tuple[bytes, bool]:
 
 
 def _json_or_none(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, ensure_ascii=False)
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def _accepted(parsed: Sequence[Parsed], index: int) -> TraceEvent | RewardEvent:
@@ -254,7 +254,7 @@ def _trace_rows(parsed: Sequence[Parsed], candidates: Sequence[Candidate]) -> It
             event.trace_id,
             event.domain,
             event.query,
-            json.dumps(item.document["trajectory"], ensure_ascii=False),  # as sent, extra fields kept
+            orjson.dumps(item.document["trajectory"]).decode(),  # as sent, extra fields kept
             event.answer,
             event.library_version,
             _json_or_none(event.metadata),

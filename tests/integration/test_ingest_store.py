@@ -199,3 +199,11 @@ def test_replay_refuses_unknown_ids_and_truncated_payloads(conn: psycopg.Connect
     (rejected_id,) = outcome.rejected_ids
     with pytest.raises(OperatorError, match="truncated"):
         replay(conn, rejected_id, Settings(home=tmp_path))
+
+
+def test_a_re_sent_event_serialised_differently_is_a_duplicate_not_a_conflict(conn: psycopg.Connection[Any]) -> None:
+    event, prize = trace("t-1"), reward("t-1", 0.5)
+    store(conn, raw(event), raw(prize))
+    reordered = [json.dumps(dict(reversed(list(e.items()))), indent=1).encode() for e in (event, prize)]
+    outcome = store(conn, *reordered)
+    assert (outcome.accepted, outcome.duplicates, dict(outcome.rejected)) == (0, 2, {})

@@ -106,6 +106,10 @@ def test_every_reason_has_a_clear_detail(payload: bytes, reason: RejectReason, d
     assert "\n" not in rejection.detail
 
 
+def test_utf16_is_not_utf8() -> None:
+    assert _rejected(raw(trace()).decode().encode("utf-16")).reason is RejectReason.UNPARSABLE
+
+
 def test_a_lone_surrogate_is_refused() -> None:
     rejection = _rejected(
         b'{"type":"reward","schema_version":1,"trace_id":"t","value":1,"source":"s",'

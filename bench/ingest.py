@@ -53,6 +53,7 @@ from kombu.connection import Connection
 from rich.console import Console
 from rich.table import Table
 
+from grpod.daemon.event_queue import spool_depth as waiting_in_spool
 from grpod.daemon.logs import configure_logging
 from grpod.daemon.migrations import migrate
 from grpod.daemon.sdk import Client
@@ -288,11 +289,11 @@ def delete_rabbitmq(url: str, prefix: str) -> None:
 
 
 def spool_depth(settings: Settings) -> int:
-    """Event files left in the spool and in consumers' claims."""
+    """Events left in the spool and in consumers' claims."""
     spool = settings.event_spool
     claims = spool.parent / f"{spool.name}-claimed"
-    total = sum(1 for path in spool.glob("*.json")) if spool.exists() else 0
-    return total + (sum(1 for path in claims.rglob("*.json")) if claims.exists() else 0)
+    total = waiting_in_spool(spool) if spool.exists() else 0
+    return total + (sum(waiting_in_spool(claim) for claim in claims.iterdir()) if claims.exists() else 0)
 
 
 def counts(database_url: str) -> tuple[int, int]:

@@ -6,8 +6,8 @@ hands out batches that stay unacknowledged until the caller has committed
 them, so a consumer killed mid-batch loses nothing: the broker delivers the
 batch again and storage is idempotent.
 
-The embedded "broker" for events is a spool folder: one file per event,
-written atomically (temporary file, fsync, rename). A consumer claims files by
+The embedded "broker" for events is a spool folder: one file of JSON lines per
+published batch, written atomically (temporary file, fsync, rename). A consumer claims files by
 renaming them into its own folder and deletes them only after its commit; the
 claims of a consumer that died are returned on the next start, counting one
 delivery. Unlike kombu's filesystem transport this loses nothing when a
@@ -282,8 +282,11 @@ def _read_ahead(connection: Connection, size: int = 16 * 1024) -> None:
 # The embedded spool -----------------------------------------------------------------------------
 
 
+SPOOL_SUFFIX = ".jsonl"
+
+
 def _spool_name(attempts: int) -> str:
-    return f"{time.time_ns():020d}-{uuid.uuid4().hex}.{attempts}.json"
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex}.{attempts}{SPOOL_SUFFIX}"
 
 
 def _attempts(name: str) -> int:
@@ -291,22 +294,37 @@ def _attempts(name: str) -> int:
     return int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else 0
 
 
+def _with_attempts(name: str, attempts: int) -> str:
+    return f"{name.rsplit('.', 2)[0]}.{attempts}{SPOOL_SUFFIX}"
+
+
+def _spool_files(folder: Path) -> list[str]:
+    return sorted(entry.name for entry in os.scandir(folder) if entry.name.endswith(SPOOL_SUFFIX))
+
+
 class SpoolPublisher:
-    """Writes each event as a file in the spool; durable once ``publish`` returns."""
+    """Writes each published batch as one file of JSON lines; durable once ``publish`` returns.
+
+    One fsync per batch (like one round of broker confirms). Compact JSON has no raw newline, so
+    one line is one event.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
 
     def publish(self, bodies: Sequence[bytes]) -> None:
+        if not bodies:
+            return
+        if any(b"\n" in body for body in bodies):
+            raise PublishError("an event body contains a raw newline; the spool stores one event per line")
         try:
-            for body in bodies:
-                temporary = self.folder / f".tmp-{uuid.uuid4().hex}"
-                with temporary.open("wb") as handle:
-                    handle.write(body)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temporary, self.folder / _spool_name(0))
+            temporary = self.folder / f".tmp-{uuid.uuid4().hex}"
+            with temporary.open("wb") as handle:
+                handle.write(b"\n".join(bodies))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.folder / _spool_name(0))
             directory = os.open(self.folder, os.O_RDONLY)
             try:
                 os.fsync(directory)
@@ -320,7 +338,7 @@ class SpoolPublisher:
 
 
 class SpoolSource:
-    """Claims spool files by renaming them into a folder of its own."""
+    """Claims spool files by renaming them into a folder of its own; a file's events go together."""
 
     def __init__(self, folder: Path, delivery_limit: int) -> None:
         self.folder = folder
@@ -333,53 +351,56 @@ class SpoolSource:
         self.claims.mkdir()
 
     def return_dead_claims(self) -> int:
-        """Give back what consumers that died had claimed, counting one more delivery."""
+        """Give back the files that consumers which died had claimed, counting one more delivery."""
         returned = 0
         for claim in self.claims_root.iterdir():
-            pid = int(claim.name.split("-", 1)[0]) if claim.name.split("-", 1)[0].isdigit() else 0
+            owner = claim.name.split("-", 1)[0]
+            pid = int(owner) if owner.isdigit() else 0
             if pid and _alive(pid):
                 continue
             for path in claim.iterdir():
-                name = path.name.rsplit(".", 2)[0]
-                os.replace(path, self.folder / f"{name}.{_attempts(path.name) + 1}.json")
+                os.replace(path, self.folder / _with_attempts(path.name, _attempts(path.name) + 1))
                 returned += 1
             with contextlib.suppress(OSError):
                 claim.rmdir()
         return returned
 
     def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
+        """Whole files, oldest first, until at least ``max_count`` events or ``wait_seconds`` passed."""
         deadline = time.monotonic() + wait_seconds
         batch: list[Delivery] = []
         while True:
-            names = sorted(entry.name for entry in os.scandir(self.folder) if entry.name.endswith(".json"))
-            for name in names[: max_count - len(batch)]:
+            for name in _spool_files(self.folder):
+                if len(batch) >= max_count:
+                    break
                 claimed = self.claims / name
                 try:
                     os.replace(self.folder / name, claimed)
                 except FileNotFoundError:  # another consumer took it
                     continue
-                body = claimed.read_bytes()
                 attempts = _attempts(name)
                 dead = attempts > self.delivery_limit  # as RabbitMQ's x-delivery-limit counts
                 death = f"delivered {attempts} time(s) without being stored" if dead else ""
-                batch.append(Delivery(body=body, token=claimed, dead=dead, death=death))
+                batch.extend(
+                    Delivery(body=line, token=claimed, dead=dead, death=death)
+                    for line in claimed.read_bytes().split(b"\n")
+                    if line
+                )
             if len(batch) >= max_count or time.monotonic() >= deadline:
                 return batch
-            time.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
+            time.sleep(min(0.02, max(deadline - time.monotonic(), 0)))
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        for delivery in deliveries:
+        for path in {Path(delivery.token) for delivery in deliveries}:
             with contextlib.suppress(FileNotFoundError):
-                Path(delivery.token).unlink()
+                path.unlink()
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
-        for delivery in deliveries:
-            path = Path(delivery.token)
-            name = path.name.rsplit(".", 2)[0]
-            os.replace(path, self.folder / f"{name}.{_attempts(path.name) + 1}.json")
+        for path in {Path(delivery.token) for delivery in deliveries}:
+            os.replace(path, self.folder / _with_attempts(path.name, _attempts(path.name) + 1))
 
     def depth(self) -> int:
-        return sum(1 for entry in os.scandir(self.folder) if entry.name.endswith(".json"))
+        return spool_depth(self.folder)
 
     def close(self) -> None:
         # Whatever is still claimed goes back (a clean stop is not a failed delivery).
@@ -387,6 +408,15 @@ class SpoolSource:
             os.replace(path, self.folder / path.name)
         with contextlib.suppress(OSError):
             self.claims.rmdir()
+
+
+def spool_depth(folder: Path) -> int:
+    """Events waiting in a spool folder (the lines of its waiting files)."""
+    total = 0
+    for name in _spool_files(folder):
+        with contextlib.suppress(FileNotFoundError):
+            total += sum(1 for line in (folder / name).read_bytes().split(b"\n") if line)
+    return total
 
 
 def _alive(pid: int) -> bool:

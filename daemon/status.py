@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 
 from grpod.daemon.database import connect, redact
+from grpod.daemon.event_queue import spool_depth
 from grpod.daemon.settings import Settings
 from grpod.daemon.sql import load_queries
 from grpod.daemon.topology import events_queue, is_rabbitmq, queue_name
@@ -69,7 +70,7 @@ def queue_depths(settings: Settings) -> dict[str, int | None]:
 def _embedded_depths(settings: Settings, names: list[str]) -> dict[str, int | None]:
     depths: dict[str, int | None] = {}
     spool = settings.event_spool
-    depths["events"] = sum(1 for e in os.scandir(spool) if e.name.endswith(".json")) if spool.is_dir() else 0
+    depths["events"] = spool_depth(spool) if spool.is_dir() else 0
     task_folder = settings.broker_folder / "queue"
     files = [e.name for e in os.scandir(task_folder)] if task_folder.is_dir() else []
     for name in names[1:]:

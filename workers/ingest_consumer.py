@@ -93,7 +93,10 @@ class IngestConsumer:
                     continue
                 idle_since = time.monotonic()
                 try:
-                    outcome = self.store(batch)
+                    # A spool file may hold more events than a batch: one transaction per batch_size.
+                    outcome = BatchOutcome()
+                    for start in range(0, len(batch), self.batch_size):
+                        outcome.add(self.store(batch[start : start + self.batch_size]))
                 except psycopg.OperationalError as error:
                     self.source.release(batch)
                     self._drop_connection()

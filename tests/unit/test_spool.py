@@ -5,23 +5,32 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from grpod.daemon.event_queue import SpoolPublisher, SpoolSource
+import pytest
+
+from grpod.daemon.event_queue import PublishError, SpoolPublisher, SpoolSource
 
 
-def test_published_events_are_fetched_in_order_and_gone_after_ack(tmp_path: Path) -> None:
+def test_published_batches_are_fetched_whole_in_order_and_gone_after_ack(tmp_path: Path) -> None:
     folder = tmp_path / "events"
-    SpoolPublisher(folder).publish([b"one", b"two", b"three"])
+    publisher = SpoolPublisher(folder)
+    publisher.publish([b'{"n":1}', b'{"n":2}'])
+    publisher.publish([b'{"n":3}'])
     source = SpoolSource(folder, delivery_limit=3)
     assert source.depth() == 3
-    batch = source.fetch(2, 0.01)
-    assert [d.body for d in batch] == [b"one", b"two"]
+    batch = source.fetch(1, 0.01)  # a published batch is never split
+    assert [d.body for d in batch] == [b'{"n":1}', b'{"n":2}']
     assert source.depth() == 1
     source.ack(batch)
     rest = source.fetch(10, 0.01)
-    assert [d.body for d in rest] == [b"three"]
+    assert [d.body for d in rest] == [b'{"n":3}']
     source.ack(rest)
     source.close()
     assert list(folder.iterdir()) == []
+
+
+def test_a_body_with_a_raw_newline_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PublishError, match="raw newline"):
+        SpoolPublisher(tmp_path / "events").publish([b'{"a":\n1}'])
 
 
 def test_released_events_come_back_and_die_after_the_delivery_limit(tmp_path: Path) -> None:
@@ -39,7 +48,8 @@ def test_released_events_come_back_and_die_after_the_delivery_limit(tmp_path: Pa
 
 def test_claims_of_a_dead_consumer_return_on_the_next_start(tmp_path: Path) -> None:
     folder = tmp_path / "events"
-    SpoolPublisher(folder).publish([b"a", b"b"])
+    SpoolPublisher(folder).publish([b"a"])
+    SpoolPublisher(folder).publish([b"b"])
     first = SpoolSource(folder, delivery_limit=5)
     assert len(first.fetch(2, 0.01)) == 2
     # Pretend the consumer was killed: its claim folder belongs to a pid that no longer exists.
@@ -59,7 +69,7 @@ def test_a_clean_close_returns_claims_without_counting_a_delivery(tmp_path: Path
     assert len(source.fetch(1, 0.01)) == 1
     source.close()
     (name,) = os.listdir(folder)
-    assert name.endswith(".0.json")
+    assert name.endswith(".0.jsonl")
 
 
 def test_a_live_consumers_claims_are_left_alone(tmp_path: Path) -> None:

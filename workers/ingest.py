@@ -10,7 +10,6 @@ content is rejected as a conflict. Every rejected event is kept.
 
 from __future__ import annotations
 
-import weakref
 from collections import Counter
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -156,8 +155,9 @@ def store_batch(
     plan = plan_batch(parsed)
     queries = load_queries(*QUERIES)
     outcome = BatchOutcome(duplicates=len(plan.duplicates))
-    _prepare_staging(conn)
     with conn.transaction(), conn.cursor() as cursor:
+        # In the batch's own transaction (IF NOT EXISTS is cheap): safe behind a transaction pooler.
+        cursor.execute(queries["create_staging"])
         if plan.traces:
             trace_events = [e for e in (_accepted(parsed, c.index) for c in plan.traces) if isinstance(e, TraceEvent)]
             cursor.execute(queries["ensure_domains"], {"names": sorted({t.domain for t in trace_events})})
@@ -232,17 +232,6 @@ def _stored_hashes(
         return {(row[0], row[1]): bytes(row[2]) for row in cursor.fetchall()}
     cursor.execute(query, {"trace_ids": missing})
     return {row[0]: bytes(row[1]) for row in cursor.fetchall()}
-
-
-_STAGED: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
-
-
-def _prepare_staging(conn: psycopg.Connection[Any]) -> None:
-    """Create this session's staging tables once per connection."""
-    if conn not in _STAGED:
-        with conn.transaction():
-            conn.execute(load_queries(*QUERIES)["create_staging"])
-        _STAGED.add(conn)
 
 
 def _trace_rows(parsed: Sequence[Parsed], candidates: Sequence[Candidate]) -> Iterator[tuple[Any, ...]]:

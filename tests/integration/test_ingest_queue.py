@@ -15,14 +15,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from kombu.connection import Connection
 
 from grpod.daemon.event_queue import PublishError
-from grpod.daemon.sdk import Client
+from grpod.daemon.sdk import Client, ValidEvent
 from grpod.daemon.settings import Settings
 from grpod.workers.ingest_consumer import IngestConsumer
 
@@ -68,7 +67,7 @@ def _wait_for(database_url: str, expected: tuple[int, int, int], timeout: float 
     return counts
 
 
-def _events(client: Client, traces: int, rewards: int, tag: str) -> list[dict[str, Any]]:
+def _events(client: Client, traces: int, rewards: int, tag: str) -> list[ValidEvent]:
     events = [
         client.trace_event(
             domain="support",

@@ -184,6 +184,21 @@ def _connect_signals(settings: Settings) -> None:
     signals.setup_logging.connect(setup_logging, weak=False, dispatch_uid="grpod.setup_logging")
     signals.task_prerun.connect(_bind_task_context, weak=False, dispatch_uid="grpod.task_prerun")
     signals.task_postrun.connect(_clear_task_context, weak=False, dispatch_uid="grpod.task_postrun")
+    signals.worker_ready.connect(_worker_ready, weak=False, dispatch_uid="grpod.worker_ready")
+
+
+def _worker_ready(**_: Any) -> None:
+    """Say at once that this worker is alive (beat's heartbeats then keep it current)."""
+    from grpod.daemon import resources
+    from grpod.daemon.database import connect
+    from grpod.workers import maintenance
+
+    try:
+        settings = resources.settings()
+        with connect(resources.database_url(), connect_timeout=settings.database_connect_timeout) as conn:
+            maintenance.record_heartbeats(conn, [maintenance.this_process("worker", maintenance.PROCESS_STARTED_AT)])
+    except Exception:
+        structlog.stdlib.get_logger(__name__).warning("could not record the worker's first heartbeat", exc_info=True)
 
 
 def _bind_task_context(

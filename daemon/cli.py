@@ -55,6 +55,33 @@ def _database(settings: Settings) -> str:
     return url
 
 
+def _declare_broker(settings: Settings) -> str | None:
+    """On RabbitMQ, declare the events queue and the dead-letter queues, so that events published
+    before any worker has started are kept, not dropped as unroutable."""
+    from grpod.daemon.topology import is_rabbitmq
+
+    url = settings.broker_url
+    if url is None or not is_rabbitmq(url):
+        return None
+    from kombu.connection import Connection
+    from kombu.exceptions import OperationalError
+
+    from grpod.daemon.celery_app import create_app, declare_dead_letter_queue
+    from grpod.daemon.event_queue import declare_event_queues
+    from grpod.daemon.urls import redact
+
+    try:
+        with Connection(url, connect_timeout=settings.publish_timeout) as connection:
+            connection.ensure_connection(max_retries=2, timeout=settings.publish_timeout)
+            declare_event_queues(connection.channel(), settings.queue_prefix, url, settings.delivery_limit)
+        declare_dead_letter_queue(create_app(settings), settings)
+    except (OSError, OperationalError) as error:
+        raise ConfigError(
+            f"GRPOD_BROKER_URL={redact(url)} cannot be reached ({error}); check the URL and that RabbitMQ runs."
+        ) from None
+    return redact(url)
+
+
 def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
@@ -69,15 +96,18 @@ def up() -> None:
 
 @app.command()
 def migrate(as_json: JsonOption = False) -> None:
-    """Apply the schema migrations the database lacks (safe to run concurrently)."""
+    """Apply the schema migrations the database lacks, and declare the broker's queues (both idempotent)."""
     from grpod.daemon.migrations import migrate as apply_migrations
 
     settings = _settings()
     report = apply_migrations(resources.database_url(), connect_timeout=settings.database_connect_timeout)
+    broker = _declare_broker(settings)
     applied = [{"version": m.version, "name": m.name} for m in report.applied]
     if as_json:
-        print_json({"applied": applied, "current_version": report.current_version})
+        print_json({"applied": applied, "current_version": report.current_version, "broker_declared": broker})
         return
+    if broker:
+        typer.echo(f"Broker queues declared on {broker}.")
     if not applied:
         typer.echo(f"Schema is up to date (version {report.current_version}).")
     for migration in applied:

@@ -106,3 +106,57 @@ def test_the_embedded_database_needs_no_manual_migration(tmp_path: Path) -> None
     result = run_grpod(["ingest", str(path), "--json"], env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["accepted"] == 1
+
+
+def test_migrate_declares_the_queues_so_any_amqp_client_can_publish_before_a_worker_starts(
+    tmp_path: Path, database_url: str, rabbitmq_url: str
+) -> None:
+    import threading
+    import uuid
+
+    from kombu.connection import Connection
+
+    from grpod.daemon.settings import Settings
+    from grpod.workers.ingest_consumer import IngestConsumer
+
+    prefix = f"grpodtest.{uuid.uuid4().hex[:10]}"
+    env = grpod_env(tmp_path / "home", database_url=database_url, broker_url=rabbitmq_url, queue_prefix=prefix)
+    migrated = run_grpod(["migrate", "--json"], env)
+    assert migrated.returncode == 0, migrated.stderr
+    from grpod.daemon.urls import redact
+
+    assert json.loads(migrated.stdout)["broker_declared"] == redact(rabbitmq_url)
+    try:
+        # A plain AMQP publish of the wire JSON, as an agent in another language would do it.
+        with Connection(rabbitmq_url) as connection:
+            producer = connection.Producer()
+            for event in (trace("x-1", domain="polyglot"), reward("x-1")):
+                producer.publish(
+                    raw(event), exchange=f"{prefix}.events", routing_key="event", content_type="application/json"
+                )
+        settings = Settings(home=tmp_path / "home", broker_url=rabbitmq_url, queue_prefix=prefix)
+        stop = threading.Event()
+        consumer = IngestConsumer.from_settings(settings, database_url)
+        thread = threading.Thread(target=consumer.run, args=(stop,), kwargs={"idle_exit": 2.0})
+        thread.start()
+        thread.join(timeout=60)
+        stop.set()
+        assert consumer.totals.accepted == 2
+        assert json.loads(run_grpod(["domains", "--json"], env).stdout) == [
+            {"domain": "polyglot", "traces": 1, "rewarded_traces": 1}
+        ]
+    finally:
+        with Connection(rabbitmq_url) as connection:
+            channel = connection.channel()
+            for queue in (f"{prefix}.events", f"{prefix}.events.dead", f"{prefix}.dead"):
+                channel.queue_delete(queue)
+            for exchange in (f"{prefix}.events", f"{prefix}.dead", prefix):
+                channel.exchange_delete(exchange)
+
+
+def test_migrate_with_an_unreachable_broker_is_one_sentence(tmp_path: Path, database_url: str) -> None:
+    env = grpod_env(tmp_path / "home", database_url=database_url, broker_url="amqp://guest:guest@127.0.0.1:1//")
+    result = run_grpod(["migrate"], env)
+    assert result.returncode == 2
+    assert result.stderr.startswith("grpod: GRPOD_BROKER_URL=amqp://guest:***@127.0.0.1:1// cannot be reached")
+    assert len(result.stderr.strip().splitlines()) == 1

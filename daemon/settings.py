@@ -66,6 +66,15 @@ class Settings(BaseSettings):
         default="local",
         description="'local' (bundled all-MiniLM-L6-v2) or an OpenAI-compatible embeddings URL.",
     )
+    embeddings_model: str | None = Field(
+        default=None,
+        description="Model name at the GRPOD_EMBEDDINGS URL (required with a URL; ignored for 'local').",
+    )
+    embeddings_api_key: SecretStr | None = Field(
+        default=None, description="API key for the GRPOD_EMBEDDINGS URL (default: GRPOD_LLM_API_KEY)."
+    )
+    embeddings_timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds per embeddings request.")
+    embeddings_batch_size: int = Field(default=64, ge=1, le=2048, description="Texts embedded per call.")
     queue_prefix: str = Field(
         default="grpod",
         pattern=r"^[a-z][a-z0-9_.-]{0,31}$",

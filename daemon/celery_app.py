@@ -27,6 +27,7 @@ from grpod.daemon.topology import dead_letter_queue, is_rabbitmq, queue_name, qu
 STAGES: tuple[str, ...] = ("ingest", "group", "distill", "library", "maintenance")
 TASK_MODULES = ("grpod.workers.tasks",)
 EXPIRE_REWARDS_SECONDS = 600.0
+SWEEP_SECONDS = 60.0
 
 
 def stage_queues(settings: Settings, broker_url: str) -> list[Queue]:
@@ -92,6 +93,11 @@ def beat_schedule(heartbeat_seconds: float) -> dict[str, dict[str, Any]]:
             "schedule": heartbeat_seconds,
             "kwargs": {"beat": this_beat},
             "options": {"expires": heartbeat_seconds},
+        },
+        "sweep-grouping": {
+            "task": "grpod.group.sweep",
+            "schedule": SWEEP_SECONDS,
+            "options": {"expires": SWEEP_SECONDS},
         },
         "expire-rewards": {
             "task": "grpod.maintenance.expire_rewards",

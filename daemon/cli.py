@@ -332,6 +332,151 @@ def rejected_replay(
         typer.echo(f"rejected event {result.id} replayed: {result.outcome}")
 
 
+@app.command()
+def groups(
+    domain: Annotated[str, typer.Argument(help="The domain whose groups to list.")],
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, largest first.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """A domain's groups of similar queries: size, rewarded traces, reward spread, readiness, samples."""
+    from grpod.daemon.database import connect
+    from grpod.workers.grouping_store import list_groups, prepare
+
+    settings = _settings()
+    with connect(_database(settings), autocommit=True, connect_timeout=settings.database_connect_timeout) as conn:
+        prepare(conn)
+        rows = list_groups(conn, domain, limit)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("id", "size", "rewarded", "spread", "ready", "sample queries", title=f"groups of {domain}")
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            str(row["size"]),
+            str(row["rewarded"]),
+            f"{row['spread']:.3g}",
+            "yes" if row["ready"] else escape(row["why_not_ready"] or "no"),
+            escape(" | ".join(sample[:60] for sample in row["samples"])),
+        )
+    Console().print(table)
+
+
+domain_app = typer.Typer(help="One domain's settings: show, set, re-embed.", no_args_is_help=True)
+app.add_typer(domain_app, name="domain")
+
+
+def _domain_report(conn: Any, name: str) -> dict[str, Any]:
+    from grpod.workers.grouping_store import domain_state
+
+    state = domain_state(conn, name)
+    return {
+        "domain": name,
+        "settings": state.settings.to_json(),
+        "embedding_model": state.embedding_model,
+        "embedding_dimension": state.embedding_dimension,
+    }
+
+
+@domain_app.command("show")
+def domain_show(
+    name: Annotated[str, typer.Argument(metavar="DOMAIN")],
+    as_json: JsonOption = False,
+) -> None:
+    """A domain's settings and the embedding model of its vectors."""
+    from grpod.daemon.database import connect
+
+    settings = _settings()
+    with connect(_database(settings), connect_timeout=settings.database_connect_timeout) as conn:
+        report = _domain_report(conn, name)
+    if as_json:
+        print_json(report)
+        return
+    for key, value in report["settings"].items():
+        typer.echo(f"{key:20} {value}")
+    typer.echo(f"{'embedding_model':20} {report['embedding_model'] or '(none yet)'} ({report['embedding_dimension']})")
+
+
+@domain_app.command("set")
+def domain_set(
+    name: Annotated[str, typer.Argument(metavar="DOMAIN")],
+    threshold: Annotated[float | None, typer.Option(help="Cosine distance within which a query joins a group.")] = None,
+    group_size: Annotated[int | None, typer.Option(help="G: rewarded traces a group needs.")] = None,
+    reward_spread: Annotated[float | None, typer.Option(help="Rewards must differ by more than this.")] = None,
+    reward_combination: Annotated[
+        str | None, typer.Option(help="How several sources' rewards combine: mean, min, max, latest.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Change a domain's grouping settings (validated; the embedding model changes with `reembed`)."""
+    from grpod.daemon.database import connect
+    from grpod.workers.grouping import SettingError, validated_settings
+    from grpod.workers.grouping_store import domain_state, set_settings
+
+    settings = _settings()
+    with connect(_database(settings), connect_timeout=settings.database_connect_timeout) as conn:
+        current = domain_state(conn, name).settings
+        try:
+            wanted = validated_settings(
+                current.group_threshold if threshold is None else threshold,
+                current.group_size if group_size is None else group_size,
+                current.reward_spread if reward_spread is None else reward_spread,
+                current.reward_combination if reward_combination is None else reward_combination,
+            )
+        except SettingError as error:
+            raise OperatorError(f"{error}; nothing was changed.") from None
+        set_settings(conn, name, wanted)
+        conn.commit()
+        report = _domain_report(conn, name)
+    if as_json:
+        print_json(report)
+        return
+    typer.echo(f"domain {name}: " + ", ".join(f"{k}={v}" for k, v in report["settings"].items()))
+
+
+@domain_app.command("reembed")
+def domain_reembed(
+    name: Annotated[str, typer.Argument(metavar="DOMAIN")],
+    as_json: JsonOption = False,
+) -> None:
+    """Embed and group all of a domain's traces again with the configured model (GRPOD_EMBEDDINGS)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from grpod.daemon.database import connect
+    from grpod.workers.embeddings import process_embedder
+    from grpod.workers.grouping_store import reembed
+
+    settings = _settings()
+    embedder = process_embedder()
+    progress = Progress(
+        TextColumn("re-embedding"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=as_json,
+    )
+    with (
+        progress,
+        connect(_database(settings), autocommit=True, connect_timeout=settings.database_connect_timeout) as conn,
+    ):
+        task = progress.add_task("reembed", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        run = reembed(conn, embedder, name, advance)
+        report = _domain_report(conn, name)
+    summary = {**report, "traces": run.placed, "groups": run.new_groups, "ready_groups": len(run.ready)}
+    if as_json:
+        print_json(summary)
+        return
+    typer.echo(
+        f"domain {name}: {run.placed} traces in {run.new_groups} groups with {report['embedding_model']} "
+        f"({report['embedding_dimension']} dimensions); {len(run.ready)} groups ready"
+    )
+
+
 def main() -> None:
     """Entry point: run the app, turning known errors into one sentence and exit code 2."""
     try:

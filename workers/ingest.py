@@ -64,6 +64,7 @@ class BatchOutcome:
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     stored_traces: dict[str, list[str]] = field(default_factory=dict)  # domain -> new trace ids
+    rewarded_traces: list[str] = field(default_factory=list)  # trace ids that got a new reward
     rejected_ids: list[int] = field(default_factory=list)
 
     def add(self, other: BatchOutcome) -> None:
@@ -72,6 +73,7 @@ class BatchOutcome:
         self.rejected.update(other.rejected)
         for domain, trace_ids in other.stored_traces.items():
             self.stored_traces.setdefault(domain, []).extend(trace_ids)
+        self.rewarded_traces.extend(other.rewarded_traces)
         self.rejected_ids.extend(other.rejected_ids)
 
 
@@ -187,6 +189,9 @@ def store_batch(
             outcome.duplicates += len(duplicates)
             for candidate in conflicts:
                 plan.rejections[candidate.index] = conflict(_accepted(parsed, candidate.index))
+            outcome.rewarded_traces.extend(
+                str(candidate.key[0]) for candidate in new if isinstance(candidate.key, tuple)
+            )
             outcome.accepted += len(new)
         if plan.rejections:
             outcome.rejected_ids = insert_rejections(

@@ -29,7 +29,7 @@ from grpod.workers.ingest import BatchOutcome, Incoming, insert_rejections, stor
 
 log = structlog.stdlib.get_logger(__name__)
 
-StoredTraces = Callable[[dict[str, list[str]]], None]
+StoredTraces = Callable[[BatchOutcome], None]  # told after each committed batch
 
 
 def open_source(settings: Settings, prefetch: int) -> EventSource:
@@ -119,8 +119,11 @@ class IngestConsumer:
                 self.totals.add(outcome)
                 if outcome.rejected:
                     log.info("events rejected", rejected=dict(outcome.rejected), accepted=outcome.accepted)
-                if self.on_stored is not None and outcome.stored_traces:
-                    self.on_stored(outcome.stored_traces)
+                if self.on_stored is not None and (outcome.stored_traces or outcome.rewarded_traces):
+                    try:
+                        self.on_stored(outcome)
+                    except Exception:  # the hand-off is an optimisation: beat's sweep finds the work anyway
+                        log.exception("handing stored traces on failed; the grouping sweep will pick them up")
         finally:
             self.source.close()
             self._drop_connection()

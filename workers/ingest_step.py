@@ -14,6 +14,7 @@ import structlog
 from celery import bootsteps
 
 from grpod.daemon import resources
+from grpod.workers.ingest import BatchOutcome
 from grpod.workers.ingest_consumer import IngestConsumer
 
 log = structlog.stdlib.get_logger(__name__)
@@ -29,7 +30,16 @@ class IngestConsumerStep(bootsteps.StartStopStep):
 
     def start(self, parent: Any) -> None:
         settings = resources.settings()
-        consumer = IngestConsumer.from_settings(settings, resources.database_url())
+        app = parent.app
+
+        def hand_off(outcome: BatchOutcome) -> None:
+            # New traces go to the grouping stage, one task per domain; new rewards may make groups ready.
+            for domain, trace_ids in outcome.stored_traces.items():
+                app.send_task("grpod.group.assign_traces", kwargs={"domain": domain, "trace_ids": trace_ids})
+            if outcome.rewarded_traces:
+                app.send_task("grpod.group.check_readiness", kwargs={"trace_ids": outcome.rewarded_traces})
+
+        consumer = IngestConsumer.from_settings(settings, resources.database_url(), on_stored=hand_off)
         self._thread = threading.Thread(target=consumer.run, args=(self._stop,), name="grpod-ingest", daemon=True)
         self._thread.start()
         log.info("ingest consumer started", batch_size=consumer.batch_size)

@@ -104,6 +104,14 @@ def test_events_recorded_by_the_sdk_reach_the_database_through_grpod_up(tmp_path
                 break
             time.sleep(0.5)
         assert domains == [{"domain": "support", "traces": 1, "rewarded_traces": 1}]
+        # The ingest consumer hands the trace to the grouping stage: it gets a group without any sweep.
+        groups: list[dict[str, object]] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not groups:
+            listed = run_grpod(["groups", "support", "--json"], env)
+            groups = json.loads(listed.stdout) if listed.returncode == 0 else []
+            time.sleep(1)
+        assert [g["trace_ids"] for g in groups] == [[trace_id]]
         up.send_signal(signal.SIGTERM)
         assert up.wait(timeout=30) == 0
     finally:

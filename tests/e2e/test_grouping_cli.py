@@ -1,0 +1,71 @@
+"""The grouping commands as an operator runs them: groups, domain show/set/reembed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..factories import raw, reward, trace
+from .helpers import grpod_env, run_grpod
+
+QUERIES = [
+    "How do I rotate my API key?",
+    "rotate api key please",
+    "I need a new API key, how do I roll the old one?",
+    "Export all my data as CSV",
+    "how do I download an export of my account data",
+]
+
+
+def test_group_inspect_and_tune_a_domain(tmp_path: Path, database_url: str) -> None:
+    env = grpod_env(tmp_path / "home", database_url=database_url)
+    events = [raw(trace(f"t{i}", query=q)) for i, q in enumerate(QUERIES)]
+    events += [raw(reward("t0", 1.0)), raw(reward("t1", 0.0)), raw(reward("t2", 1.0))]
+    (tmp_path / "events.jsonl").write_bytes(b"\n".join(events) + b"\n")
+    assert run_grpod(["ingest", str(tmp_path / "events.jsonl")], env).returncode == 0
+
+    shown = json.loads(run_grpod(["domain", "show", "support", "--json"], env).stdout)
+    assert shown["settings"] == {
+        "group_threshold": 0.5,
+        "group_size": 5,
+        "reward_spread": 0.0,
+        "reward_combination": "mean",
+    }
+    assert shown["embedding_model"] is None
+
+    changed = run_grpod(["domain", "set", "support", "--group-size", "3", "--json"], env)
+    assert changed.returncode == 0, changed.stderr
+    assert json.loads(changed.stdout)["settings"]["group_size"] == 3
+
+    reembedded = run_grpod(["domain", "reembed", "support", "--json"], env, timeout=300)
+    assert reembedded.returncode == 0, reembedded.stderr
+    summary = json.loads(reembedded.stdout)
+    assert summary["traces"] == 5 and summary["embedding_model"] == "all-MiniLM-L6-v2"
+    assert summary["embedding_dimension"] == 384 and summary["ready_groups"] == 1
+
+    groups = json.loads(run_grpod(["groups", "support", "--json"], env).stdout)
+    assert {"id", "size", "rewarded", "spread", "ready", "trace_ids"} <= set(groups[0])
+    by_members = {frozenset(g["trace_ids"]): g for g in groups}
+    keys = by_members[frozenset({"t0", "t1", "t2"})]
+    assert (keys["size"], keys["rewarded"], keys["spread"], keys["ready"]) == (3, 3, 1.0, True)
+    assert by_members[frozenset({"t3", "t4"})]["ready"] is False
+    table = run_grpod(["groups", "support"], {**env, "COLUMNS": "200"}).stdout
+    assert "rotate api key please" in table
+
+
+def test_bad_domain_settings_change_nothing(tmp_path: Path, database_url: str) -> None:
+    env = grpod_env(tmp_path / "home", database_url=database_url)
+    (tmp_path / "one.jsonl").write_bytes(raw(trace("t1")) + b"\n")
+    run_grpod(["ingest", str(tmp_path / "one.jsonl")], env)
+    for args, message in [
+        (["--threshold", "3"], "group_threshold must be a cosine distance between 0 and 2"),
+        (["--group-size", "1"], "group_size must be a whole number from 2 to 1000"),
+        (["--reward-combination", "median"], "reward_combination must be one of mean, min, max, latest"),
+    ]:
+        result = run_grpod(["domain", "set", "support", *args], env)
+        assert result.returncode == 2
+        assert message in result.stderr and result.stderr.strip().endswith("nothing was changed.")
+    assert json.loads(run_grpod(["domain", "show", "support", "--json"], env).stdout)["settings"]["group_size"] == 5
+    unknown = run_grpod(["groups", "nowhere"], env)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == "grpod: there is no domain 'nowhere'; `grpod domains` lists them."

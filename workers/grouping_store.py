@@ -1,0 +1,312 @@
+"""Grouping stage, the database shell: embed waiting traces, place them in groups, mark ready groups.
+
+Assignment for a domain runs under a transaction-scoped advisory lock, so two workers placing
+similar queries of a new topic at once cannot open two groups for it; different domains proceed
+in parallel. The nearest centroid is found with the HNSW index of the domain's dimension, with
+iterative index scans so that the domain filter cannot starve the search.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg import sql
+
+from grpod.daemon.errors import OperatorError
+from grpod.daemon.sql import load_queries
+from grpod.workers.grouping import (
+    DomainSettings,
+    Member,
+    Readiness,
+    SourceReward,
+    Vector,
+    joins_nearest,
+    moved_centroid,
+    readiness,
+)
+
+QUERIES = ("grpod.schema", "queries/grouping.sql")
+ReadyGroups = Callable[[list[tuple[int, str]]], None]
+
+
+class EmbeddingModelMismatchError(OperatorError):
+    """A domain's vectors come from another model; mixing them would make distances meaningless."""
+
+
+@dataclass(frozen=True)
+class DomainState:
+    settings: DomainSettings
+    embedding_model: str | None
+    embedding_dimension: int | None
+
+
+@dataclass(frozen=True)
+class Placement:
+    trace_id: str
+    group_id: int
+    new_group: bool
+
+
+def _queries() -> Any:
+    return load_queries(*QUERIES)
+
+
+def _dimensioned(query: str, dimension: int) -> sql.Composed:
+    name = f"groups_centroid_hnsw_{dimension}"
+    return sql.SQL(query).format(  # the text is ours, from a shipped file
+        dimension=sql.Literal(dimension), index=sql.Identifier(name), index_name=sql.Literal(name)
+    )
+
+
+def as_array(value: Any) -> Vector:
+    """A pgvector value as read by psycopg, as float32 numpy."""
+    array = value.to_numpy() if hasattr(value, "to_numpy") else value
+    return np.asarray(array, dtype=np.float32)
+
+
+def prepare(conn: psycopg.Connection[Any]) -> None:
+    """Let this connection send and receive pgvector values as numpy arrays."""
+    register_vector(conn)
+
+
+def domain_state(conn: psycopg.Connection[Any], domain: str) -> DomainState:
+    row = conn.execute(_queries()["domain_state"], {"domain": domain}).fetchone()
+    if row is None:
+        raise OperatorError(f"there is no domain {domain!r}; `grpod domains` lists them.")
+    return DomainState(DomainSettings.from_json(row[0] or {}), row[1], row[2])
+
+
+def claim_embedding_model(conn: psycopg.Connection[Any], domain: str, model: str, dimension: int) -> None:
+    """Record the domain's model on its first vectors; refuse another model afterwards."""
+    conn.execute(_queries()["claim_embedding_model"], {"domain": domain, "model": model, "dimension": dimension})
+    state = domain_state(conn, domain)
+    if (state.embedding_model, state.embedding_dimension) != (model, dimension):
+        raise EmbeddingModelMismatchError(
+            f"domain {domain!r} is embedded with {state.embedding_model} ({state.embedding_dimension} dimensions), "
+            f"not {model} ({dimension}); run `grpod domain reembed {domain}` to switch models."
+        )
+
+
+def ensure_centroid_index(conn: psycopg.Connection[Any], dimension: int) -> None:
+    """The HNSW index for this dimension's centroids, created once (by one process)."""
+    queries = _queries()
+    exists = conn.execute(_dimensioned(queries["centroid_index_exists"], dimension)).fetchone()
+    if exists is not None and exists[0]:
+        return
+    with conn.transaction():
+        conn.execute(queries["lock_index_creation"])
+        conn.execute(_dimensioned(queries["create_centroid_index"], dimension))
+
+
+def ungrouped(
+    conn: psycopg.Connection[Any], domain: str, limit: int, trace_ids: Sequence[str] | None = None
+) -> list[tuple[str, str]]:
+    rows = conn.execute(
+        _queries()["ungrouped_traces"],
+        {"domain": domain, "limit": limit, "trace_ids": list(trace_ids) if trace_ids is not None else None},
+    ).fetchall()
+    return [(str(row[0]), str(row[1])) for row in rows]
+
+
+def place(
+    conn: psycopg.Connection[Any],
+    domain: str,
+    items: Sequence[tuple[str, Vector]],
+    settings: DomainSettings,
+    dimension: int,
+) -> list[Placement]:
+    """Place embedded traces in the domain's groups, in one transaction under the domain's lock."""
+    queries = _queries()
+    nearest_query = _dimensioned(queries["nearest_group"], dimension)
+    placements: list[Placement] = []
+    with conn.transaction():
+        conn.execute(queries["lock_domain_grouping"], {"domain": domain})
+        conn.execute(queries["iterative_scan"])
+        for trace_id, vector in items:
+            row = conn.execute(nearest_query, {"domain": domain, "vector": vector}).fetchone()
+            distance = float(row[3]) if row is not None else None
+            if row is not None and joins_nearest(distance, settings.group_threshold):
+                group_id = int(row[0])
+                centroid = moved_centroid(as_array(row[2]), int(row[1]), vector)
+                new_group = False
+            else:
+                created = conn.execute(
+                    queries["create_group"], {"domain": domain, "dimension": dimension, "vector": vector}
+                ).fetchone()
+                assert created is not None
+                group_id, centroid, new_group = int(created[0]), None, True
+            placed = conn.execute(
+                queries["place_trace"], {"trace_id": trace_id, "vector": vector, "group_id": group_id}
+            )
+            if placed.rowcount == 0:  # grouped already (a redelivered task): undo nothing, count nothing
+                if new_group:
+                    conn.execute(queries["delete_group"], {"id": group_id})
+                continue
+            if centroid is not None:
+                conn.execute(queries["move_group"], {"id": group_id, "centroid": centroid})
+            placements.append(Placement(trace_id, group_id, new_group))
+    return placements
+
+
+def members(conn: psycopg.Connection[Any], group_ids: Sequence[int]) -> dict[int, list[Member]]:
+    rows = conn.execute(_queries()["group_members"], {"group_ids": list(group_ids)}).fetchall()
+    result: dict[int, list[Member]] = {}
+    for group_id, trace_id, used, sources, values, received in rows:
+        rewards = tuple(
+            SourceReward(source=s, value=float(v), received_at=float(r))
+            for s, v, r in zip(sources, values, received, strict=True)
+        )
+        result.setdefault(int(group_id), []).append(Member(str(trace_id), rewards, bool(used)))
+    return result
+
+
+def check_readiness(
+    conn: psycopg.Connection[Any], group_ids: Sequence[int], on_ready: ReadyGroups | None = None
+) -> dict[int, Readiness]:
+    """Evaluate the rule for these groups; mark the newly ready ones exactly once and report them."""
+    if not group_ids:
+        return {}
+    queries = _queries()
+    verdicts: dict[int, Readiness] = {}
+    newly_ready: list[tuple[int, str]] = []
+    settings_cache: dict[str, DomainSettings] = {}
+    rows = conn.execute(queries["group_domains"], {"group_ids": list(group_ids)}).fetchall()
+    domains = {int(row[0]): str(row[1]) for row in rows}
+    for group_id, group_members in members(conn, list(domains)).items():
+        domain = domains[group_id]
+        if domain not in settings_cache:
+            settings_cache[domain] = domain_state(conn, domain).settings
+        verdict = readiness(group_members, settings_cache[domain])
+        verdicts[group_id] = verdict
+        if verdict.ready:
+            marked = conn.execute(queries["mark_ready"], {"id": group_id}).fetchone()
+            if marked is not None:
+                newly_ready.append((int(marked[0]), str(marked[1])))
+    if newly_ready and on_ready is not None:
+        on_ready(newly_ready)
+    return verdicts
+
+
+def groups_of(conn: psycopg.Connection[Any], trace_ids: Sequence[str]) -> list[int]:
+    rows = conn.execute(_queries()["groups_of_traces"], {"trace_ids": list(trace_ids)}).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+def set_settings(conn: psycopg.Connection[Any], domain: str, settings: DomainSettings) -> None:
+    conn.execute(_queries()["set_domain_settings"], {"domain": domain, "settings": json.dumps(settings.to_json())})
+
+
+@dataclass(frozen=True)
+class GroupingRun:
+    embedded: int
+    placed: int
+    new_groups: int
+    ready: list[int]
+
+
+def group_domain(
+    conn: psycopg.Connection[Any],
+    embedder: Any,
+    domain: str,
+    *,
+    trace_ids: Sequence[str] | None = None,
+    limit: int = 1000,
+    on_ready: ReadyGroups | None = None,
+) -> GroupingRun:
+    """Embed the domain's waiting traces (or just these), place them, and check their groups."""
+    prepare(conn)
+    waiting = ungrouped(conn, domain, limit, trace_ids)
+    if not waiting:
+        return GroupingRun(0, 0, 0, [])
+    vectors = embedder.embed([query for _, query in waiting])
+    dimension = int(vectors.shape[1])
+    claim_embedding_model(conn, domain, embedder.model, dimension)
+    ensure_centroid_index(conn, dimension)
+    state = domain_state(conn, domain)
+    placements = place(
+        conn, domain, list(zip([t for t, _ in waiting], vectors, strict=True)), state.settings, dimension
+    )
+    touched = sorted({p.group_id for p in placements})
+    ready: list[int] = []
+
+    def collect(groups: list[tuple[int, str]]) -> None:
+        ready.extend(group_id for group_id, _ in groups)
+        if on_ready is not None:
+            on_ready(groups)
+
+    check_readiness(conn, touched, collect)
+    return GroupingRun(len(waiting), len(placements), sum(p.new_group for p in placements), ready)
+
+
+def domains_with_ungrouped(conn: psycopg.Connection[Any]) -> list[str]:
+    return [str(row[0]) for row in conn.execute(_queries()["domains_with_ungrouped_traces"]).fetchall()]
+
+
+def unready_rewarded_groups(conn: psycopg.Connection[Any], limit: int = 1000) -> list[int]:
+    rows = conn.execute(_queries()["unready_groups_with_rewards"], {"limit": limit}).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+def list_groups(conn: psycopg.Connection[Any], domain: str, limit: int = 100) -> list[dict[str, Any]]:
+    """The domain's groups, largest first, each with its readiness verdict and members."""
+    state = domain_state(conn, domain)
+    rows = conn.execute(_queries()["list_groups"], {"domain": domain, "limit": limit}).fetchall()
+    group_members = members(conn, [int(row[0]) for row in rows])
+    listed = []
+    for group_id, size, ready_at, created_at, trace_ids, samples in rows:
+        verdict = readiness(group_members.get(int(group_id), []), state.settings)
+        listed.append(
+            {
+                "id": int(group_id),
+                "size": int(size),
+                "rewarded": verdict.rewarded,
+                "spread": verdict.spread,
+                "ready": ready_at is not None or verdict.ready,
+                "ready_at": ready_at.isoformat() if ready_at is not None else None,
+                "why_not_ready": None if verdict.ready or ready_at is not None else verdict.reason,
+                "created_at": created_at.isoformat(),
+                "trace_ids": list(trace_ids or []),
+                "samples": list(samples or []),
+            }
+        )
+    return listed
+
+
+def reembed(
+    conn: psycopg.Connection[Any],
+    embedder: Any,
+    domain: str,
+    progress: Callable[[int, int], None] | None = None,
+    batch: int = 256,
+) -> GroupingRun:
+    """Switch a domain to the configured embedding model: drop its vectors and groups, then embed and
+    group every trace again, oldest first (a group's readiness is then judged afresh)."""
+    queries = _queries()
+    domain_state(conn, domain)  # an unknown domain is an operator error
+    with conn.transaction():
+        conn.execute(queries["lock_domain_grouping"], {"domain": domain})
+        conn.execute(queries["ungroup_domain_traces"], {"domain": domain})
+        conn.execute(queries["delete_domain_groups"], {"domain": domain})
+        conn.execute(queries["set_embedding_model"], {"domain": domain, "model": None, "dimension": None})
+    row = conn.execute(queries["count_domain_traces"], {"domain": domain}).fetchone()
+    total = int(row[0]) if row else 0
+    done = GroupingRun(0, 0, 0, [])
+    while True:
+        run = group_domain(conn, embedder, domain, limit=batch)
+        if run.embedded == 0:
+            break
+        done = GroupingRun(
+            done.embedded + run.embedded,
+            done.placed + run.placed,
+            done.new_groups + run.new_groups,
+            done.ready + run.ready,
+        )
+        if progress is not None:
+            progress(done.placed, total)
+    return done

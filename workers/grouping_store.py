@@ -9,6 +9,7 @@ iterative index scans so that the domain filter cannot starve the search.
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from grpod.workers.grouping import (
     Readiness,
     SourceReward,
     Vector,
+    cosine_distance,
     joins_nearest,
     moved_centroid,
     readiness,
@@ -70,9 +72,14 @@ def as_array(value: Any) -> Vector:
     return np.asarray(array, dtype=np.float32)
 
 
+_PREPARED: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+
+
 def prepare(conn: psycopg.Connection[Any]) -> None:
-    """Let this connection send and receive pgvector values as numpy arrays."""
-    register_vector(conn)
+    """Let this connection send and receive pgvector values as numpy arrays (once per connection)."""
+    if conn not in _PREPARED:
+        register_vector(conn)
+        _PREPARED.add(conn)
 
 
 def domain_state(conn: psycopg.Connection[Any], domain: str) -> DomainState:
@@ -121,36 +128,55 @@ def place(
     settings: DomainSettings,
     dimension: int,
 ) -> list[Placement]:
-    """Place embedded traces in the domain's groups, in one transaction under the domain's lock."""
+    """Place embedded traces in the domain's groups, in one transaction under the domain's lock.
+
+    Groups touched by the batch keep their moving centroid in memory and are written once at the
+    end: rewriting an indexed vector per trace would add an HNSW entry per trace.
+    """
     queries = _queries()
     nearest_query = _dimensioned(queries["nearest_group"], dimension)
     placements: list[Placement] = []
     with conn.transaction():
         conn.execute(queries["lock_domain_grouping"], {"domain": domain})
         conn.execute(queries["iterative_scan"])
+        waiting = {
+            str(row[0])
+            for row in conn.execute(queries["still_ungrouped"], {"trace_ids": [t for t, _ in items]}).fetchall()
+        }
+        touched: dict[int, tuple[Vector, int]] = {}  # group -> (centroid, size) as of now
         for trace_id, vector in items:
+            if trace_id not in waiting:  # grouped already (a redelivered task): nothing to do
+                continue
+            waiting.discard(trace_id)
+            group_id: int | None = None
             row = conn.execute(nearest_query, {"domain": domain, "vector": vector}).fetchone()
-            distance = float(row[3]) if row is not None else None
-            if row is not None and joins_nearest(distance, settings.group_threshold):
-                group_id = int(row[0])
-                centroid = moved_centroid(as_array(row[2]), int(row[1]), vector)
-                new_group = False
-            else:
+            if row is not None:
+                candidate = int(row[0])
+                centroid, size = touched.get(candidate, (as_array(row[2]), int(row[1])))
+                distance = cosine_distance(centroid, vector) if candidate in touched else float(row[3])
+                if joins_nearest(distance, settings.group_threshold):
+                    group_id = candidate
+                    touched[candidate] = (moved_centroid(centroid, size, vector), size + 1)
+            if group_id is None:
                 created = conn.execute(
                     queries["create_group"], {"domain": domain, "dimension": dimension, "vector": vector}
                 ).fetchone()
                 assert created is not None
-                group_id, centroid, new_group = int(created[0]), None, True
-            placed = conn.execute(
-                queries["place_trace"], {"trace_id": trace_id, "vector": vector, "group_id": group_id}
+                group_id = int(created[0])
+                touched[group_id] = (vector, 1)
+                placements.append(Placement(trace_id, group_id, True))
+            else:
+                placements.append(Placement(trace_id, group_id, False))
+        vectors = dict(items)
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                queries["place_trace"],
+                [{"trace_id": p.trace_id, "vector": vectors[p.trace_id], "group_id": p.group_id} for p in placements],
             )
-            if placed.rowcount == 0:  # grouped already (a redelivered task): undo nothing, count nothing
-                if new_group:
-                    conn.execute(queries["delete_group"], {"id": group_id})
-                continue
-            if centroid is not None:
-                conn.execute(queries["move_group"], {"id": group_id, "centroid": centroid})
-            placements.append(Placement(trace_id, group_id, new_group))
+            cursor.executemany(
+                queries["set_group"],
+                [{"id": gid, "centroid": centroid, "size": size} for gid, (centroid, size) in touched.items()],
+            )
     return placements
 
 

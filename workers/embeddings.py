@@ -15,7 +15,6 @@ import os
 from collections.abc import Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +23,7 @@ from grpod.daemon import resources
 from grpod.daemon.errors import ConfigError
 from grpod.daemon.settings import Settings
 from grpod.daemon.urls import redact
+from grpod.workers import openai_api
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -39,7 +39,6 @@ DEFAULT_BATCH_SIZE = 64
 DEFAULT_MAX_RETRIES = 3
 PROBE_TEXT = "dimension probe"
 # Answers the openai client retries with backoff before it gives up.
-RETRIED_STATUSES = frozenset({408, 409, 429})
 
 
 class EmbeddingError(Exception):
@@ -114,18 +113,8 @@ def vectors_from_answer(rows: Sequence[Any], *, expected: int, dimension: int | 
 
 
 def api_base(url: str) -> str:
-    """The base URL the openai client wants, from what an operator may write in GRPOD_EMBEDDINGS.
-
-    ``http://host:8000`` becomes ``http://host:8000/v1`` (the usual mount of
-    an OpenAI-compatible API); a URL to the endpoint itself,
-    ``.../v1/embeddings``, loses its last segment; anything else is kept.
-    """
-    parts = urlsplit(url.strip())
-    path = parts.path.rstrip("/")
-    path = path.removesuffix("/embeddings")
-    if not path:
-        path = "/v1"
-    return urlunsplit(parts._replace(path=path))
+    """The openai client's base URL from what an operator may write in GRPOD_EMBEDDINGS."""
+    return openai_api.api_base(url, ("/embeddings",))
 
 
 # The local model ----------------------------------------------------------
@@ -253,70 +242,35 @@ class OpenAIEmbedder:
 
         try:
             response = self._client.embeddings.create(input=list(texts), model=self.model, encoding_format="float")
-        except openai.APIStatusError as error:
-            raise EmbeddingError(self._status_sentence(error.status_code, error.message)) from error
-        except openai.APITimeoutError as error:
-            raise EmbeddingError(
-                f"{self._where()} did not answer within GRPOD_EMBEDDINGS_TIMEOUT={self.timeout:g} seconds "
-                f"in {self._attempts()}; check that the server is up and not overloaded, or raise the timeout."
-            ) from error
-        except openai.APIConnectionError as error:
-            raise EmbeddingError(
-                f"{self._where()} could not be reached in {self._attempts()} ({_cause(error)}); "
-                "check that the server is running and that the URL is right."
-            ) from error
         except openai.OpenAIError as error:
-            raise EmbeddingError(
-                f"{self._where()} gave an answer that is not an OpenAI embeddings response ({error}); "
-                "point GRPOD_EMBEDDINGS at an OpenAI-compatible /v1/embeddings API."
-            ) from error
+            raise EmbeddingError(self._failure.describe(error)) from error
         rows = sorted(response.data, key=lambda item: item.index)
         try:
             vectors = vectors_from_answer(
                 [item.embedding for item in rows], expected=len(texts), dimension=self._dimension
             )
         except ValueError as error:
-            raise EmbeddingError(f"{self._where()} {error}.") from None
+            raise EmbeddingError(f"{self._failure.where} {error}.") from None
         self._dimension = vectors.shape[1]
         return vectors
 
-    def _where(self) -> str:
-        return f"the embeddings API at GRPOD_EMBEDDINGS={redact(self.url)} (model {self.model!r})"
-
-    def _attempts(self) -> str:
-        count = self.max_retries + 1
-        return f"{count} attempt{'s' if count != 1 else ''}"
-
-    def _status_sentence(self, status: int, message: str) -> str:
-        said = " ".join(message.split())[:200]
-        if status in (401, 403):
-            return (
-                f"{self._where()} refused the API key with HTTP {status} ({said}); "
-                "set GRPOD_EMBEDDINGS_API_KEY (or GRPOD_LLM_API_KEY) to a key it accepts."
-            )
-        if status == 404:
-            return (
-                f"{self._where()} answered HTTP 404 ({said}); check GRPOD_EMBEDDINGS_MODEL={self.model} and that "
-                "GRPOD_EMBEDDINGS is the API's base URL (the one ending in /v1)."
-            )
-        if status in RETRIED_STATUSES or status >= 500:
-            return (
-                f"{self._where()} still answered HTTP {status} after {self._attempts()} with backoff ({said}); "
-                "the task will be retried later."
-            )
-        return f"{self._where()} rejected the request with HTTP {status} ({said})."
+    @property
+    def _failure(self) -> openai_api.ApiFailure:
+        return openai_api.ApiFailure(
+            where=f"the embeddings API at GRPOD_EMBEDDINGS={redact(self.url)} (model {self.model!r})",
+            url_setting="GRPOD_EMBEDDINGS",
+            model_setting="GRPOD_EMBEDDINGS_MODEL",
+            model=self.model,
+            key_hint="set GRPOD_EMBEDDINGS_API_KEY (or GRPOD_LLM_API_KEY) to a key it accepts",
+            max_retries=self.max_retries,
+            timeout=self.timeout,
+            timeout_setting="GRPOD_EMBEDDINGS_TIMEOUT",
+            answer_kind="embeddings response",
+            endpoint="/v1/embeddings",
+        )
 
     def __repr__(self) -> str:
         return f"OpenAIEmbedder(url={redact(self.url)!r}, model={self.model!r}, batch_size={self.batch_size})"
-
-
-def _cause(error: BaseException) -> str:
-    """The innermost reason of a connection failure, e.g. 'Connection refused'."""
-    innermost: BaseException = error
-    while innermost.__cause__ is not None:
-        innermost = innermost.__cause__
-    text = " ".join(str(innermost).split())
-    return text or type(innermost).__name__
 
 
 # Choosing the adapter -----------------------------------------------------

@@ -89,7 +89,7 @@ def domain_state(conn: psycopg.Connection[Any], domain: str) -> DomainState:
     return DomainState(DomainSettings.from_json(row[0] or {}), row[1], row[2])
 
 
-def claim_embedding_model(conn: psycopg.Connection[Any], domain: str, model: str, dimension: int) -> None:
+def claim_embedding_model(conn: psycopg.Connection[Any], domain: str, model: str, dimension: int) -> DomainState:
     """Record the domain's model on its first vectors; refuse another model afterwards."""
     conn.execute(_queries()["claim_embedding_model"], {"domain": domain, "model": model, "dimension": dimension})
     state = domain_state(conn, domain)
@@ -98,6 +98,7 @@ def claim_embedding_model(conn: psycopg.Connection[Any], domain: str, model: str
             f"domain {domain!r} is embedded with {state.embedding_model} ({state.embedding_dimension} dimensions), "
             f"not {model} ({dimension}); run `grpod domain reembed {domain}` to switch models."
         )
+    return state
 
 
 def ensure_centroid_index(conn: psycopg.Connection[Any], dimension: int) -> None:
@@ -252,9 +253,8 @@ def group_domain(
         return GroupingRun(0, 0, 0, [])
     vectors = embedder.embed([query for _, query in waiting])
     dimension = int(vectors.shape[1])
-    claim_embedding_model(conn, domain, embedder.model, dimension)
+    state = claim_embedding_model(conn, domain, embedder.model, dimension)
     ensure_centroid_index(conn, dimension)
-    state = domain_state(conn, domain)
     placements = place(
         conn, domain, list(zip([t for t, _ in waiting], vectors, strict=True)), state.settings, dimension
     )

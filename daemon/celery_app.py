@@ -99,6 +99,11 @@ def beat_schedule(heartbeat_seconds: float) -> dict[str, dict[str, Any]]:
             "schedule": SWEEP_SECONDS,
             "options": {"expires": SWEEP_SECONDS},
         },
+        "sweep-distillation": {
+            "task": "grpod.distill.sweep",
+            "schedule": SWEEP_SECONDS,
+            "options": {"expires": SWEEP_SECONDS},
+        },
         "expire-rewards": {
             "task": "grpod.maintenance.expire_rewards",
             "schedule": EXPIRE_REWARDS_SECONDS,

@@ -362,17 +362,99 @@ def groups(
     Console().print(table)
 
 
+@app.command()
+def distill(
+    domain: Annotated[str | None, typer.Argument(help="The domain to distil now.")] = None,
+    group: Annotated[int | None, typer.Option("--group", help="Distil only this group.")] = None,
+    replay: Annotated[
+        int | None, typer.Option("--replay", metavar="ID", help="Re-run a recorded distillation, with no LLM.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Distil a domain now, in this process: group its waiting traces, distil its ready groups, publish."""
+    from grpod.daemon.database import connect
+    from grpod.workers import distillation_store
+
+    settings = _settings()
+    if (domain is None) == (replay is None):
+        raise OperatorError("give either a DOMAIN to distil or --replay ID, not both or neither.")
+    with connect(_database(settings), autocommit=True, connect_timeout=settings.database_connect_timeout) as conn:
+        if replay is not None:
+            replayed = distillation_store.replay(conn, replay)
+            if as_json:
+                print_json(replayed.to_json())
+            else:
+                _print_operations(f"distillation {replay} replayed from its recording", replayed.operations)
+            if not replayed.same:
+                sys.stderr.write(f"grpod: the replay of distillation {replay} gave other operations than recorded\n")
+                raise typer.Exit(1)
+            return
+        assert domain is not None
+        report = _distil_domain(conn, domain, group, quiet=as_json)
+    if as_json:
+        print_json(report.to_json())
+        return
+    _print_domain_run(report)
+
+
+def _distil_domain(conn: Any, domain: str, group: int | None, *, quiet: bool) -> Any:
+    from rich.status import Status
+
+    from grpod.workers import distillation_store, grouping_store
+    from grpod.workers.embeddings import process_embedder
+    from grpod.workers.llm import process_llm
+
+    grouping_store.prepare(conn)
+    with Status("grouping", console=Console(stderr=True, quiet=quiet)) as status:
+        return distillation_store.distil_domain(
+            conn, process_llm, process_embedder(), domain, group_id=group, progress=status.update
+        )
+
+
+def _print_operations(title: str, operations: list[Any]) -> None:
+    typer.echo(title + (":" if operations else ": no operations"))
+    for operation in operations:
+        target = f" [{operation.experience_id}]" if operation.experience_id is not None else ""
+        typer.echo(f"  {operation.kind}{target} {operation.text or ''}".rstrip())
+
+
+def _print_domain_run(report: Any) -> None:
+    typer.echo(
+        f"{report.domain}: grouped {report.grouped.placed} waiting traces ({report.grouped.new_groups} new groups)"
+    )
+    if not report.distillations:
+        typer.echo("no group is ready to distil (`grpod groups DOMAIN` says why)")
+    for run in report.distillations:
+        calls = run.calls
+        cost = (
+            f"{len(calls)} LLM calls, {sum(c.tokens_in for c in calls)} tokens in, "
+            f"{sum(c.tokens_out for c in calls)} out"
+        )
+        if run.status == "distilled":
+            _print_operations(f"distillation {run.id} of group {run.group_id} ({cost})", run.operations)
+        else:
+            typer.echo(f"group {run.group_id}: {run.status}: {run.reason} ({cost})")
+    window = report.window
+    if window is not None:
+        if window.version is not None:
+            _print_operations(f"published library version {window.version} of {report.domain}", window.operations)
+        else:
+            typer.echo(f"library of {report.domain} unchanged: the distillations proposed no change")
+
+
 domain_app = typer.Typer(help="One domain's settings: show, set, re-embed.", no_args_is_help=True)
 app.add_typer(domain_app, name="domain")
 
 
 def _domain_report(conn: Any, name: str) -> dict[str, Any]:
+    from grpod.workers.distillation_store import domain_settings
     from grpod.workers.grouping_store import domain_state
 
     state = domain_state(conn, name)
+    _, learning = domain_settings(conn, name)
     return {
         "domain": name,
-        "settings": state.settings.to_json(),
+        "settings": state.settings.to_json() | learning.to_json(),
         "embedding_model": state.embedding_model,
         "embedding_dimension": state.embedding_dimension,
     }
@@ -406,16 +488,38 @@ def domain_set(
     reward_combination: Annotated[
         str | None, typer.Option(help="How several sources' rewards combine: mean, min, max, latest.")
     ] = None,
+    agent_objective: Annotated[str | None, typer.Option(help="What the domain's agent is for (in prompts).")] = None,
+    learning_objective: Annotated[
+        str | None, typer.Option(help="What a good experience for this domain looks like (in prompts).")
+    ] = None,
+    max_new_experiences: Annotated[int | None, typer.Option(help="K: new experiences one group may propose.")] = None,
+    experience_max_words: Annotated[int | None, typer.Option(help="Word limit of an experience.")] = None,
+    update_window_seconds: Annotated[
+        float | None, typer.Option(help="Distillations wait this long to be published together.")
+    ] = None,
+    update_window_groups: Annotated[
+        int | None, typer.Option(help="... or until this many distillations are waiting.")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Change a domain's grouping settings (validated; the embedding model changes with `reembed`)."""
+    """Change a domain's grouping and learning settings (validated; the embedding model changes with `reembed`)."""
     from grpod.daemon.database import connect
+    from grpod.workers import distillation
+    from grpod.workers.distillation_store import domain_settings
     from grpod.workers.grouping import SettingError, validated_settings
-    from grpod.workers.grouping_store import domain_state, set_settings
+    from grpod.workers.grouping_store import set_settings
 
     settings = _settings()
     with connect(_database(settings), connect_timeout=settings.database_connect_timeout) as conn:
-        current = domain_state(conn, name).settings
+        current, learning = domain_settings(conn, name)
+        given = {
+            "agent_objective": agent_objective,
+            "learning_objective": learning_objective,
+            "max_new_experiences": max_new_experiences,
+            "experience_max_words": experience_max_words,
+            "update_window_seconds": update_window_seconds,
+            "update_window_groups": update_window_groups,
+        }
         try:
             wanted = validated_settings(
                 current.group_threshold if threshold is None else threshold,
@@ -423,9 +527,12 @@ def domain_set(
                 current.reward_spread if reward_spread is None else reward_spread,
                 current.reward_combination if reward_combination is None else reward_combination,
             )
-        except SettingError as error:
+            wanted_learning = distillation.validated_learning_settings(
+                **(learning.to_json() | {key: value for key, value in given.items() if value is not None})
+            )
+        except (SettingError, distillation.SettingError) as error:
             raise OperatorError(f"{error}; nothing was changed.") from None
-        set_settings(conn, name, wanted)
+        set_settings(conn, name, wanted, wanted_learning.to_json())
         conn.commit()
         report = _domain_report(conn, name)
     if as_json:

@@ -49,3 +49,40 @@ def reward(trace_id: str = "t-1", value: Any = 1.0, source: str = "user_thumbs",
 
 def raw(event: dict[str, Any]) -> bytes:
     return json.dumps(event).encode("utf-8")
+
+
+def agent_trace(
+    trace_id: str, query: str, *, good: bool, domain: str = "support", tool: str = "search_docs"
+) -> dict[str, Any]:
+    """A realistic tool-using trajectory: a good one looks the answer up, a bad one guesses."""
+    if good:
+        steps: list[dict[str, Any]] = [
+            {"role": "user", "content": query},
+            {
+                "role": "assistant",
+                "content": "Let me check the documentation first.",
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": tool, "arguments": json.dumps({"q": query})}}
+                ],
+            },
+            {
+                "role": "tool",
+                "tool_call_id": "c1",
+                "content": "Settings > Security > API keys: press Rotate; the old key stays valid for 24 hours.",
+            },
+            {
+                "role": "assistant",
+                "content": "Open Settings > Security > API keys and press Rotate. "
+                "The old key keeps working for 24 hours, so update your clients within a day.",
+            },
+        ]
+    else:
+        steps = [
+            {"role": "user", "content": query},
+            {
+                "role": "assistant",
+                "content": "You can probably find it under your profile page, "
+                "then delete the key and create another one.",
+            },
+        ]
+    return trace(trace_id, domain=domain, query=query, trajectory=steps, answer=str(steps[-1]["content"]))

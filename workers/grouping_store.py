@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,8 +225,12 @@ def groups_of(conn: psycopg.Connection[Any], trace_ids: Sequence[str]) -> list[i
     return [int(row[0]) for row in rows]
 
 
-def set_settings(conn: psycopg.Connection[Any], domain: str, settings: DomainSettings) -> None:
-    conn.execute(_queries()["set_domain_settings"], {"domain": domain, "settings": json.dumps(settings.to_json())})
+def set_settings(
+    conn: psycopg.Connection[Any], domain: str, settings: DomainSettings, more: Mapping[str, object] | None = None
+) -> None:
+    """Store the domain's grouping settings (and ``more`` settings of other stages, with them)."""
+    values = settings.to_json() | dict(more or {})
+    conn.execute(_queries()["set_domain_settings"], {"domain": domain, "settings": json.dumps(values)})
 
 
 @dataclass(frozen=True)
@@ -274,8 +278,8 @@ def domains_with_ungrouped(conn: psycopg.Connection[Any]) -> list[str]:
     return [str(row[0]) for row in conn.execute(_queries()["domains_with_ungrouped_traces"]).fetchall()]
 
 
-def unready_rewarded_groups(conn: psycopg.Connection[Any], limit: int = 1000) -> list[int]:
-    rows = conn.execute(_queries()["unready_groups_with_rewards"], {"limit": limit}).fetchall()
+def unready_rewarded_groups(conn: psycopg.Connection[Any], limit: int = 1000, domain: str | None = None) -> list[int]:
+    rows = conn.execute(_queries()["unready_groups_with_rewards"], {"limit": limit, "domain": domain}).fetchall()
     return [int(row[0]) for row in rows]
 
 

@@ -71,6 +71,7 @@ class Completion:
     tokens_out: int
     latency_seconds: float
     error: str | None = None  # with a schema: why ``data`` is None, in one sentence
+    recorded: bool = False  # answered from a recording of an earlier call, not asked now
 
 
 class LLM(Protocol):

@@ -24,6 +24,31 @@ class Operation:
     text: str | None = None
     experience_id: int | None = None
     reason: str = ""
+    sources: tuple[int, ...] = ()  # the distillations that proposed it (for provenance)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "operation": self.kind,
+            "id": self.experience_id,
+            "text": self.text,
+            "reason": self.reason,
+            "sources": list(self.sources),
+        }
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Operation:
+        """An operation as ``to_json`` stored it (our own JSON: trusted, not an LLM's)."""
+        kind = next((known for known in KINDS if known == value["operation"]), None)
+        if kind is None:
+            raise ValueError(f"unknown operation {value['operation']!r}")
+        raw_id = value.get("id")
+        return cls(
+            kind=kind,
+            text=value.get("text"),
+            experience_id=int(raw_id) if raw_id is not None else None,
+            reason=str(value.get("reason") or ""),
+            sources=tuple(int(source) for source in value.get("sources") or ()),
+        )
 
 
 @dataclass(frozen=True)
@@ -33,6 +58,9 @@ class Note:
     proposed: str
     action: Literal["dropped", "repaired"]
     why: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"proposed": self.proposed, "action": self.action, "why": self.why}
 
 
 def _words(text: str) -> list[str]:
@@ -75,7 +103,9 @@ def parse_operations(data: Any) -> tuple[list[Operation], list[Note]]:
         raw_text = next((item[k] for k in ("text", "content", "experience") if k in item), None)
         text = str(raw_text).strip() if raw_text is not None else None
         reason = str(item.get("reason") or "").strip()
-        operations.append(Operation(kind, text or None, experience_id, reason))
+        merged_from = item.get("merged_from")  # a consolidation names the proposals it merged
+        sources = tuple(n for n in merged_from if isinstance(n, int)) if isinstance(merged_from, list) else ()
+        operations.append(Operation(kind, text or None, experience_id, reason, sources))
     return operations, notes
 
 
@@ -111,7 +141,7 @@ def validate(
                 notes.append(Note(shown, "dropped", f"UPDATE of unknown id; the text is experience {duplicate_of}"))
                 continue
             notes.append(Note(shown, "repaired", f"UPDATE of unknown id {operation.experience_id}; added instead"))
-            operation = Operation("ADD", text, None, operation.reason)
+            operation = Operation("ADD", text, None, operation.reason, operation.sources)
         elif operation.kind == "ADD" and duplicate_of is not None:
             notes.append(Note(shown, "dropped", f"the same as experience {duplicate_of}"))
             continue
@@ -144,6 +174,8 @@ def consolidate(operations: Sequence[Operation]) -> tuple[list[Operation], list[
         elif op.kind == "ADD" and op.text:
             key = normalised(op.text)
             if key in adds:
+                kept = adds[key]
+                adds[key] = replace(kept, sources=merged_sources(kept.sources, op.sources))
                 notes.append(Note(f"ADD {op.text[:80]}", "dropped", "the same ADD came from another group"))
             else:
                 adds[key] = op
@@ -158,6 +190,10 @@ def consolidate(operations: Sequence[Operation]) -> tuple[list[Operation], list[
             seen_deletes.add(op.experience_id)
         unique.append(op)
     return unique, notes
+
+
+def merged_sources(*sources: Iterable[int]) -> tuple[int, ...]:
+    return tuple(sorted({source for group in sources for source in group}))
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,12 @@ may run more than once (at-least-once delivery), so each is idempotent.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+import psycopg
 import structlog
 from celery import Task, shared_task
 
@@ -16,6 +19,19 @@ from grpod.daemon import resources
 from grpod.workers import maintenance
 
 log = structlog.stdlib.get_logger(__name__)
+LOST_TASK_SECONDS = 600.0  # a ready group older than this with no distillation lost its task
+BUSY_RETRY_SECONDS = 5.0
+
+
+@contextmanager
+def _autocommit() -> Iterator[psycopg.Connection[Any]]:
+    """A connection of its own for a long task: it waits on an LLM without holding a transaction
+    or a pooled connection, and its session locks go when it closes (or the process dies)."""
+    from grpod.daemon.database import connect
+
+    settings = resources.settings()
+    with connect(resources.database_url(), autocommit=True, connect_timeout=settings.database_connect_timeout) as conn:
+        yield conn
 
 
 @shared_task(name="grpod.maintenance.heartbeat", bind=True)
@@ -46,10 +62,10 @@ def expire_rewards() -> int:
 
 
 def _hand_off_ready(groups: list[tuple[int, str]]) -> None:
-    """A group just became ready. The distillation stage takes it from here; until it exists the
-    group waits, marked ready in the database, where distillation's sweep will find it."""
+    """Groups just became ready: each gets a distillation task (the sweep finds any that is lost)."""
     for group_id, domain in groups:
         log.info("group ready for distillation", group_id=group_id, domain=domain)
+        distill_group.apply_async(args=[group_id])
 
 
 @shared_task(name="grpod.group.assign_traces", bind=True)
@@ -92,3 +108,59 @@ def sweep_grouping() -> int:
             placed += grouping_store.group_domain(conn, process_embedder(), domain, on_ready=_hand_off_ready).placed
         grouping_store.check_readiness(conn, grouping_store.unready_rewarded_groups(conn), on_ready=_hand_off_ready)
     return placed
+
+
+@shared_task(name="grpod.distill.group")
+def distill_group(group_id: int) -> str:
+    """Distil one ready group; its operations then wait for the domain's update window."""
+    from grpod.workers import distillation_store
+    from grpod.workers.llm import process_llm
+
+    with _autocommit() as conn:
+        run = distillation_store.distil_group(conn, process_llm(), group_id, on_ready=_hand_off_ready)
+        if run.status == "distilled" and run.domain is not None:
+            _schedule_window(conn, run.domain)
+    if run.status not in ("distilled", "failed"):
+        log.info("nothing to distil", group_id=group_id, status=run.status, reason=run.reason)
+    return run.status
+
+
+def _schedule_window(conn: psycopg.Connection[Any], domain: str) -> None:
+    from grpod.workers import distillation_store
+
+    for name, wait in distillation_store.due_windows(conn):
+        if name == domain:
+            update_library.apply_async(kwargs={"domain": domain}, countdown=wait)
+
+
+@shared_task(name="grpod.library.update", bind=True)
+def update_library(self: Task[Any, Any], domain: str) -> str:
+    """Publish the domain's waiting distillations as one library version once its window closes."""
+    from grpod.workers import distillation_store
+    from grpod.workers.llm import process_llm
+
+    with _autocommit() as conn:
+        run = distillation_store.run_window(conn, process_llm(), domain)
+    if run.status == "waiting":
+        update_library.apply_async(kwargs={"domain": domain}, countdown=run.wait_seconds)
+    elif run.status == "busy":  # another update of the domain runs: look again shortly
+        update_library.apply_async(kwargs={"domain": domain}, countdown=BUSY_RETRY_SECONDS)
+    return run.status
+
+
+@shared_task(name="grpod.distill.sweep")
+def sweep_distillation() -> dict[str, int]:
+    """Beat's safety net: ready groups whose task was lost (or whose distillation failed and has
+    waited out its backoff) and update windows that are due."""
+    from grpod.workers import distillation_store
+
+    with _autocommit() as conn:
+        groups = distillation_store.groups_to_distil(conn, min_age_seconds=LOST_TASK_SECONDS)
+        windows = [domain for domain, wait in distillation_store.due_windows(conn) if wait <= 0]
+    for group_id, _ in groups:
+        distill_group.apply_async(args=[group_id])
+    for domain in windows:
+        update_library.apply_async(kwargs={"domain": domain})
+    if groups or windows:
+        log.info("distillation sweep", groups=len(groups), windows=len(windows))
+    return {"groups": len(groups), "windows": len(windows)}

@@ -12,8 +12,8 @@ UPDATE domains SET embedding_model = %(model)s, embedding_dimension = %(dimensio
 WHERE name = %(domain)s AND embedding_model IS NULL;
 
 -- name: set_domain_settings
--- Replace a domain's settings.
-UPDATE domains SET settings = %(settings)s::jsonb WHERE name = %(domain)s;
+-- Change some of a domain's settings (the keys given; the others stay).
+UPDATE domains SET settings = settings || %(settings)s::jsonb WHERE name = %(domain)s;
 
 -- name: centroid_index_exists
 -- Whether the HNSW index for centroids of one dimension exists already.
@@ -90,10 +90,11 @@ GROUP BY t.group_id, t.trace_id, t.used_by_distillation;
 SELECT DISTINCT group_id FROM traces WHERE trace_id = ANY(%(trace_ids)s::text[]) AND group_id IS NOT NULL;
 
 -- name: unready_groups_with_rewards
--- Groups not yet ready whose members have rewards (the beat sweep re-checks them).
+-- Groups not yet ready whose members have rewards (of one domain, or of all; the sweep re-checks them).
 SELECT DISTINCT t.group_id FROM traces t JOIN rewards r ON r.trace_id = t.trace_id
 JOIN groups g ON g.id = t.group_id
 WHERE g.ready_at IS NULL AND t.used_by_distillation IS NULL
+  AND (%(domain)s::text IS NULL OR g.domain = %(domain)s::text)
 LIMIT %(limit)s;
 
 -- name: mark_ready

@@ -53,6 +53,8 @@ def test_the_wheel_ships_migrations_queries_and_the_command(tmp_path: Path) -> N
         if entry.name.endswith(".json")
     }
     assert shipped_json <= names, f"missing from the wheel: {shipped_json - names}"
+    prompts = {f"grpod/workers/prompts/{step}.md" for step in ("summary", "advantage", "operations", "consolidation")}
+    assert prompts <= names, f"missing from the wheel: {prompts - names}"
     for module in (
         "grpod/daemon/cli.py",
         "grpod/daemon/py.typed",

@@ -1,0 +1,120 @@
+-- name: group_to_distil
+-- A group with its domain, settings and whether it is marked ready.
+SELECT g.domain, d.settings, g.ready_at IS NOT NULL
+FROM groups g JOIN domains d ON d.name = g.domain
+WHERE g.id = %(group_id)s;
+
+-- name: group_candidates
+-- A group's rewarded traces that no distillation has used, with their rewards per source.
+SELECT t.trace_id, t.query, t.trajectory, t.answer,
+       array_agg(r.source ORDER BY r.source), array_agg(r.value ORDER BY r.source),
+       array_agg(extract(epoch FROM r.received_at)::float8 ORDER BY r.source),
+       array_agg(r.critique ORDER BY r.source), array_agg(r.ground_truth ORDER BY r.source)
+FROM traces t JOIN rewards r ON r.trace_id = t.trace_id
+WHERE t.group_id = %(group_id)s AND t.used_by_distillation IS NULL
+GROUP BY t.trace_id
+ORDER BY t.trace_id;
+
+-- name: trace_contents
+-- What a replay needs of these traces (traces are never changed once stored).
+SELECT trace_id, query, trajectory, answer FROM traces WHERE trace_id = ANY(%(trace_ids)s::text[]);
+
+-- name: lock_distillation
+-- One runner per distillation input, held for the session (a killed runner releases it).
+SELECT pg_try_advisory_lock(hashtext('grpod.distill'), hashtext(encode(%(input_key)s::bytea, 'hex')));
+
+-- name: unlock_distillation
+SELECT pg_advisory_unlock(hashtext('grpod.distill'), hashtext(encode(%(input_key)s::bytea, 'hex')));
+
+-- name: claim_distillation
+-- Start (or start again) the distillation of this input. A finished one is not touched: the
+-- caller then reads it with find_distillation.
+INSERT INTO distillations (domain, group_id, input_key, parent_version, samples, settings, status)
+VALUES (%(domain)s, %(group_id)s, %(input_key)s, %(parent_version)s, %(samples)s, %(settings)s, 'running')
+ON CONFLICT (input_key) DO UPDATE
+    SET status = 'running', attempts = distillations.attempts + 1, started_at = now(), error = NULL,
+        next_attempt_at = NULL
+    WHERE distillations.status IN ('running', 'failed')
+RETURNING id, attempts;
+
+-- name: find_distillation
+-- A distillation by its input key.
+SELECT id, status FROM distillations WHERE input_key = %(input_key)s;
+
+-- name: recorded_calls
+-- The LLM calls a distillation made, oldest first (its recording, for a resume or a replay).
+SELECT id, purpose, model, prompt_hash, request, response, error, tokens_in, tokens_out, latency_seconds
+FROM llm_calls WHERE distillation_id = %(distillation_id)s ORDER BY id;
+
+-- name: insert_llm_call
+-- One LLM call in the ledger.
+INSERT INTO llm_calls (domain, distillation_id, purpose, model, prompt_hash, request, response, error,
+                       tokens_in, tokens_out, latency_seconds)
+VALUES (%(domain)s, %(distillation_id)s, %(purpose)s, %(model)s, %(prompt_hash)s, %(request)s, %(response)s,
+        %(error)s, %(tokens_in)s, %(tokens_out)s, %(latency_seconds)s)
+RETURNING id;
+
+-- name: finish_distillation
+-- A distillation's result; its operations now wait for the domain's update window.
+UPDATE distillations
+SET status = 'distilled', summaries = %(summaries)s, candidates = %(candidates)s, operations = %(operations)s,
+    notes = %(notes)s, finished_at = now()
+WHERE id = %(id)s AND status = 'running';
+
+-- name: use_traces
+-- The traces a distillation consumed (a later distillation of the group takes other ones).
+UPDATE traces SET used_by_distillation = %(distillation_id)s
+WHERE trace_id = ANY(%(trace_ids)s::text[]) AND used_by_distillation IS NULL;
+
+-- name: unmark_ready
+-- The group's ready traces are used: it becomes ready again only with new ones.
+UPDATE groups SET ready_at = NULL WHERE id = %(group_id)s;
+
+-- name: fail_distillation
+-- A distillation that failed: the group stays ready, and the sweep tries again after a backoff.
+UPDATE distillations
+SET status = 'failed', error = %(error)s, finished_at = now(),
+    next_attempt_at = now() + make_interval(secs => %(backoff_seconds)s)
+WHERE id = %(id)s AND status = 'running';
+
+-- name: waiting_distillations
+-- A domain's distillations whose operations wait for the update window, oldest first.
+SELECT id, group_id, extract(epoch FROM now() - finished_at)::float8 AS waited, operations, samples
+FROM distillations
+WHERE domain = %(domain)s AND status = 'distilled'
+ORDER BY finished_at, id;
+
+-- name: apply_distillations
+-- The window's distillations went into this version (NULL: they changed nothing).
+UPDATE distillations SET status = 'applied', version = %(version)s, applied_at = now()
+WHERE id = ANY(%(ids)s::bigint[]) AND status = 'distilled';
+
+-- name: due_windows
+-- Domains whose distillations wait to be published, with the oldest wait and how many.
+SELECT d.domain, extract(epoch FROM now() - min(d.finished_at))::float8 AS waited, count(*), s.settings
+FROM distillations d JOIN domains s ON s.name = d.domain
+WHERE d.status = 'distilled'
+GROUP BY d.domain, s.settings;
+
+-- name: groups_to_distil
+-- Ready groups (of one domain, or of all) marked at least min_age seconds ago, with no failed
+-- distillation backing off.
+SELECT g.id, g.domain FROM groups g
+WHERE g.ready_at IS NOT NULL
+  AND g.ready_at <= now() - make_interval(secs => %(min_age_seconds)s)
+  AND (%(domain)s::text IS NULL OR g.domain = %(domain)s::text)
+  AND NOT EXISTS (
+      SELECT 1 FROM distillations d
+      WHERE d.group_id = g.id AND d.status = 'failed' AND d.next_attempt_at > now())
+ORDER BY g.ready_at, g.id
+LIMIT %(limit)s;
+
+-- name: distillation
+-- One distillation, for a report or a replay.
+SELECT id, domain, group_id, parent_version, samples, settings, status, attempts, error, summaries, candidates,
+       operations, notes, version, created_at, finished_at
+FROM distillations WHERE id = %(id)s;
+
+-- name: domain_settings
+-- A domain's settings (grouping and learning, one JSON object).
+SELECT settings FROM domains WHERE name = %(domain)s;

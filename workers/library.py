@@ -1,0 +1,72 @@
+"""Library versions, the decisions: the next version's experiences from a parent and operations.
+
+Plain data. An experience keeps its id for life; its provenance lists, oldest first, every
+change that made it what it is (the version, the operation, and the distillations, groups and
+traces behind it). The database shell is ``workers/library_store.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from grpod.workers.operations import Operation, apply
+
+
+@dataclass(frozen=True)
+class Experience:
+    id: int
+    text: str
+    provenance: tuple[Mapping[str, Any], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "text": self.text, "provenance": [dict(entry) for entry in self.provenance]}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Experience:
+        return cls(int(value["id"]), str(value["text"]), tuple(value.get("provenance") or ()))
+
+
+@dataclass(frozen=True)
+class Library:
+    """One version of a domain's library (version 0 is the empty one)."""
+
+    domain: str
+    version: int
+    experiences: Mapping[int, Experience]
+    next_experience_id: int  # the first id never used in the domain
+
+    def texts(self) -> dict[int, str]:
+        return {experience_id: experience.text for experience_id, experience in self.experiences.items()}
+
+
+Provenance = Callable[[Operation], Mapping[str, Any]]
+
+
+def next_experiences(
+    parent: Library, operations: Sequence[Operation], version: int, provenance: Provenance
+) -> tuple[dict[int, Experience], int]:
+    """The experiences of ``version`` (parent + operations) and the next unused id.
+
+    Ids never change and are never reused: new experiences take ids from the domain's
+    ``next_experience_id`` on, which counts every id any version ever gave out.
+    """
+    applied = apply(parent.texts(), operations, parent.next_experience_id)
+    result: dict[int, Experience] = {}
+    changed: dict[int, Operation] = {}
+    for op in operations:
+        if op.kind == "UPDATE" and op.experience_id is not None:
+            changed[op.experience_id] = op
+    new_ids = iter(sorted(applied.added))
+    adds = [op for op in operations if op.kind == "ADD" and op.text]
+    for op, new_id in zip(adds, new_ids, strict=True):
+        changed[new_id] = op
+    for experience_id, text in sorted(applied.library.items()):
+        before = parent.experiences.get(experience_id)
+        history = before.provenance if before is not None else ()
+        change = changed.get(experience_id)
+        if change is not None and (before is None or before.text != text):
+            history = (*history, {"version": version, "operation": change.kind, **provenance(change)})
+        result[experience_id] = Experience(experience_id, text, history)
+    return result, applied.next_id

@@ -407,7 +407,7 @@ def _distil_domain(conn: Any, domain: str, group: int | None, *, quiet: bool) ->
     grouping_store.prepare(conn)
     with Status("grouping", console=Console(stderr=True, quiet=quiet)) as status:
         return distillation_store.distil_domain(
-            conn, process_llm, process_embedder(), domain, group_id=group, progress=status.update
+            conn, process_llm, process_embedder, domain, group_id=group, progress=status.update
         )
 
 

@@ -442,7 +442,7 @@ def replay(conn: psycopg.Connection[Any], distillation_id: int) -> Replay:
         row = cursor.execute(queries["distillation"], {"id": distillation_id}).fetchone()
     if row is None:
         raise OperatorError(
-            f"there is no distillation {distillation_id}; `grpod distill DOMAIN` lists the ones it runs."
+            f"there is no distillation {distillation_id}; each run of `grpod distill DOMAIN` prints the ids of its distillations."
         )
     domain, status, sample_keys = str(row["domain"]), row["status"], row["samples"]
     if status not in ("distilled", "applied"):
@@ -512,7 +512,7 @@ class DomainRun:
 def distil_domain(
     conn: psycopg.Connection[Any],
     llm: Callable[[], LLM],
-    embedder: Any,
+    embedder: Callable[[], Any],
     domain: str,
     *,
     group_id: int | None = None,
@@ -520,14 +520,19 @@ def distil_domain(
 ) -> DomainRun:
     """Group the domain's waiting traces, distil its ready groups (or the one named), publish.
 
-    ``llm`` is called only when there is something to distil (loading a model takes a while).
+    ``llm`` and ``embedder`` are called only when there is something for them to do (loading a
+    model takes a while).
     """
     _require_autocommit(conn)
     say = progress or (lambda _: None)
     domain_settings(conn, domain)  # an unknown domain is the operator's error
+    if group_id is not None:
+        row = conn.execute(_queries()["group_to_distil"], {"group_id": group_id}).fetchone()
+        if row is None or row[0] != domain:
+            raise OperatorError(f"domain {domain!r} has no group {group_id}; `grpod groups {domain}` lists them.")
     grouped = grouping_store.GroupingRun(0, 0, 0, [])
-    while True:
-        run = grouping_store.group_domain(conn, embedder, domain)
+    while grouping_store.ungrouped(conn, domain, 1):
+        run = grouping_store.group_domain(conn, embedder(), domain)
         if run.embedded == 0:
             break
         grouped = grouping_store.GroupingRun(
@@ -539,9 +544,6 @@ def distil_domain(
         say(f"grouped {grouped.placed} traces")
     grouping_store.check_readiness(conn, grouping_store.unready_rewarded_groups(conn, domain=domain))
     if group_id is not None:
-        row = conn.execute(_queries()["group_to_distil"], {"group_id": group_id}).fetchone()
-        if row is None or row[0] != domain:
-            raise OperatorError(f"domain {domain!r} has no group {group_id}; `grpod groups {domain}` lists them.")
         targets = [group_id]
     else:
         targets = [gid for gid, _ in groups_to_distil(conn, domain, limit=10_000)]

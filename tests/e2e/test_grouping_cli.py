@@ -30,6 +30,13 @@ def test_group_inspect_and_tune_a_domain(tmp_path: Path, database_url: str) -> N
         "group_size": 5,
         "reward_spread": 0.0,
         "reward_combination": "mean",
+        "agent_objective": "Answer the user's query correctly, completely and efficiently.",
+        "learning_objective": "Short, general rules about when to use which tool or strategy, and which mistakes "
+        "to avoid.",
+        "max_new_experiences": 2,
+        "experience_max_words": 32,
+        "update_window_seconds": 60.0,
+        "update_window_groups": 4,
     }
     assert shown["embedding_model"] is None
 

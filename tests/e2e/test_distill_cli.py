@@ -68,7 +68,8 @@ def test_distill_refuses_what_it_cannot_do_in_one_sentence(tmp_path: Path, datab
         (["distill"], "grpod: give either a DOMAIN to distil or --replay ID, not both or neither."),
         (
             ["distill", "--replay", "77"],
-            "grpod: there is no distillation 77; each run of `grpod distill DOMAIN` prints the ids of its distillations.",
+            "grpod: there is no distillation 77; each run of `grpod distill DOMAIN` prints the ids of its "
+            "distillations.",
         ),
         (["distill", "support", "--group", "999"], "grpod: domain 'support' has no group 999;"),
         (

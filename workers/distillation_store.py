@@ -442,7 +442,8 @@ def replay(conn: psycopg.Connection[Any], distillation_id: int) -> Replay:
         row = cursor.execute(queries["distillation"], {"id": distillation_id}).fetchone()
     if row is None:
         raise OperatorError(
-            f"there is no distillation {distillation_id}; each run of `grpod distill DOMAIN` prints the ids of its distillations."
+            f"there is no distillation {distillation_id}; "
+            "each run of `grpod distill DOMAIN` prints the ids of its distillations."
         )
     domain, status, sample_keys = str(row["domain"]), row["status"], row["samples"]
     if status not in ("distilled", "applied"):
@@ -543,10 +544,8 @@ def distil_domain(
         )
         say(f"grouped {grouped.placed} traces")
     grouping_store.check_readiness(conn, grouping_store.unready_rewarded_groups(conn, domain=domain))
-    if group_id is not None:
-        targets = [group_id]
-    else:
-        targets = [gid for gid, _ in groups_to_distil(conn, domain, limit=10_000)]
+    ready = [gid for gid, _ in groups_to_distil(conn, domain, limit=10_000)] if group_id is None else []
+    targets = [group_id] if group_id is not None else ready
     runs: list[DistillationRun] = []
     for number, target in enumerate(targets, start=1):
         say(f"distilling group {target} ({number} of {len(targets)})")

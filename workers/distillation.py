@@ -517,7 +517,8 @@ def consolidate_window(
     Each proposal is checked again against the library as it is now (it may have changed since
     the distillation read it). When more than one distillation proposed changes, one LLM call
     merges them; it may only touch the experiences the proposals named, a proposal its answer does
-    not account for (in ``merged_from``) is kept as proposed, and whatever it answers,
+    not account for (in some result's ``merged_from``; a NONE may account for one it drops) is kept
+    as proposed, and whatever it answers,
     the deterministic rules (DELETE wins, one UPDATE per id, no duplicate ADDs) hold in the end.
     If its answer cannot be used, the deterministic rules alone consolidate.
     """
@@ -555,13 +556,14 @@ def consolidate_window(
         return Consolidated(merged, [*notes, fallback, *rule_notes], asked=True)
 
     everyone = merged_sources(*(op.sources for op in current))
+    # A proposal the answer does not account for (in some result's merged_from, a NONE included)
+    # is kept as proposed: a weak model that answers too little must not discard the groups' work.
     accounted = {n for op in answered for n in op.sources if 1 <= n <= len(current)}
     attributed: list[Operation] = []
-    if accounted:  # a proposal the answer does not account for is kept as it was proposed
-        for number, op in enumerate(current, start=1):
-            if number not in accounted:
-                attributed.append(op)
-                answer_notes.append(Note(_describe(op)[:200], "repaired", "left out by the consolidation; kept"))
+    for number, op in enumerate(current, start=1):
+        if number not in accounted:
+            attributed.append(op)
+            answer_notes.append(Note(_describe(op)[:200], "repaired", "left out by the consolidation; kept"))
     for op in answered:
         if op.experience_id is not None and op.kind in ("UPDATE", "DELETE") and op.experience_id not in named_ids:
             answer_notes.append(

@@ -292,3 +292,16 @@ def test_learning_settings_are_validated_with_a_clear_reason() -> None:
     ]:
         with pytest.raises(SettingError, match=problem):
             LearningSettings.from_json(values)
+
+
+def test_a_consolidation_that_answers_too_little_keeps_the_proposals_it_did_not_account_for() -> None:
+    proposals = {1: [Operation("ADD", "When A, B.", sources=(1,))], 2: [Operation("ADD", "When C, D.", sources=(2,))]}
+    empty = consolidate_window(Ledger(ScriptedLLM({"consolidation": '{"operations": []}'})), SETTINGS, proposals, {})
+    assert [(op.text, op.sources) for op in empty.operations] == [("When A, B.", (1,)), ("When C, D.", (2,))]
+    assert sum("left out by the consolidation; kept" in note.why for note in empty.notes) == 2
+
+    dropping = json.dumps(
+        {"operations": [{"operation": "NONE", "id": None, "text": None, "merged_from": [2], "reason": "too narrow"}]}
+    )
+    dropped = consolidate_window(Ledger(ScriptedLLM({"consolidation": dropping})), SETTINGS, proposals, {})
+    assert [op.text for op in dropped.operations] == ["When A, B."]

@@ -187,6 +187,14 @@ def status(as_json: JsonOption = False) -> None:
         f"rewards waiting for their trace {report['pending_rewards']}, expired {report['expired_rewards']}; "
         f"rejected events {report['rejected']}; last accepted {report.get('last_accepted_at') or 'never'}"
     )
+    if "distillations" in report:
+        counts = report["distillations"]
+        llm = report["llm_calls"]
+        console.print(
+            f"distillations running {counts['running']}, failed {counts['failed']}, waiting to be published "
+            f"{counts['distilled']}, published {counts['applied']}; library versions {report['library_versions']}; "
+            f"LLM calls {llm['calls']} ({llm['tokens_in']} tokens in, {llm['tokens_out']} out)"
+        )
     _print_domains(console, report["domains"])
     table = Table("role", "hostname", "pid", "version", "seen", title="processes")
     for process in report["processes"]:

@@ -96,6 +96,20 @@ def collect_status(settings: Settings, database_url: str) -> dict[str, Any]:
                 "rejected_by_reason": rejected,
                 "last_accepted_at": last.isoformat() if last is not None else None,
             }
+        learning: dict[str, Any] = {}
+        if version >= 5:
+            queries = load_queries(*STATS)
+            by_status = {str(k): int(v) for k, v in conn.execute(queries["distillation_counts"]).fetchall()}
+            calls = conn.execute(queries["llm_totals"]).fetchone()
+            learning = {
+                "distillations": {s: by_status.get(s, 0) for s in ("running", "failed", "distilled", "applied")},
+                "library_versions": int(_scalar(conn, "library_version_count") or 0),
+                "llm_calls": {
+                    "calls": int(calls[0]) if calls else 0,
+                    "tokens_in": int(calls[1]) if calls else 0,
+                    "tokens_out": int(calls[2]) if calls else 0,
+                },
+            }
     return {
         "database": redact(database_url),
         "database_mode": "embedded" if settings.embedded_database else "external",
@@ -104,6 +118,7 @@ def collect_status(settings: Settings, database_url: str) -> dict[str, Any]:
         "broker_mode": "embedded" if settings.embedded_broker else "external",
         "home": str(settings.home),
         **ingest,
+        **learning,
         "queues": queue_depths(settings),
         "processes": processes,
     }

@@ -20,3 +20,15 @@ SELECT reason, count(*) FROM rejected_events GROUP BY reason ORDER BY reason;
 -- name: last_accepted_at
 -- When the newest trace or reward was stored.
 SELECT greatest((SELECT max(received_at) FROM traces), (SELECT max(received_at) FROM rewards));
+
+-- name: distillation_counts
+-- Distillations by status.
+SELECT status, count(*) FROM distillations GROUP BY status ORDER BY status;
+
+-- name: llm_totals
+-- The LLM ledger in total: calls, tokens in and out.
+SELECT count(*), coalesce(sum(tokens_in), 0), coalesce(sum(tokens_out), 0) FROM llm_calls;
+
+-- name: library_version_count
+-- Library versions over all domains.
+SELECT count(*) FROM library_versions;

@@ -53,6 +53,12 @@ def test_distill_a_domain_then_replay_it_from_the_ledger(tmp_path: Path, databas
     assert all(call["replayed"] for call in again["llm_calls"])
     assert len(again["llm_calls"]) == len(report["llm_calls"])
 
+    status = json.loads(run_grpod(["status", "--json"], env).stdout)
+    assert status["distillations"] == {"running": 0, "failed": 0, "distilled": 0, "applied": 1}
+    assert status["llm_calls"]["calls"] == len(report["llm_calls"])
+    assert status["llm_calls"]["tokens_in"] == sum(call["tokens_in"] for call in report["llm_calls"])
+    assert status["library_versions"] == (1 if report["operations"] else 0)
+
     # Nothing is ready any more: a second run says so and changes nothing.
     second = run_grpod(["distill", "support"], env, timeout=300)
     assert second.returncode == 0, second.stderr

@@ -84,7 +84,10 @@ def test_a_long_trajectory_keeps_its_beginning_and_end_and_shows_tool_calls() ->
     trajectory = agent_trace("t", "q", good=True)["trajectory"]
     rendered = render_trajectory(trajectory)
     assert "-> calls search_docs(" in rendered and rendered.startswith("user: q")
-    long = [{"role": "user", "content": "start " + "x" * 50_000 + " end"}, {"role": "assistant", "content": None}]
+    long: list[dict[str, Any]] = [
+        {"role": "user", "content": "start " + "x" * 50_000 + " end"},
+        {"role": "assistant", "content": None},
+    ]
     clipped = render_trajectory(long, limit=2000)
     assert len(clipped) < 2200 and "characters left out" in clipped and clipped.endswith("assistant: ")
     assert render_trajectory([]) == "(no steps recorded)"
@@ -283,13 +286,14 @@ def test_next_version_keeps_ids_and_records_provenance_per_change() -> None:
 def test_learning_settings_are_validated_with_a_clear_reason() -> None:
     assert LearningSettings.from_json({}) == LearningSettings()
     assert LearningSettings.from_json({"max_new_experiences": 3, "group_size": 9}).max_new_experiences == 3
-    for values, problem in [
+    cases: list[tuple[dict[str, object], str]] = [
         ({"max_new_experiences": 0}, "max_new_experiences must be a whole number from 1 to 10"),
         ({"experience_max_words": True}, "experience_max_words"),
         ({"update_window_seconds": -1}, "update_window_seconds"),
         ({"update_window_groups": 2.5}, "update_window_groups"),
         ({"agent_objective": " "}, "agent_objective must be a text"),
-    ]:
+    ]
+    for values, problem in cases:
         with pytest.raises(SettingError, match=problem):
             LearningSettings.from_json(values)
 

@@ -104,6 +104,11 @@ def beat_schedule(heartbeat_seconds: float) -> dict[str, dict[str, Any]]:
             "schedule": SWEEP_SECONDS,
             "options": {"expires": SWEEP_SECONDS},
         },
+        "judge-libraries": {
+            "task": "grpod.library.judge",
+            "schedule": SWEEP_SECONDS,
+            "options": {"expires": SWEEP_SECONDS},
+        },
         "expire-rewards": {
             "task": "grpod.maintenance.expire_rewards",
             "schedule": EXPIRE_REWARDS_SECONDS,

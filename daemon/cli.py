@@ -592,6 +592,15 @@ def domain_reembed(
     )
 
 
+def _add_library_commands() -> None:
+    from grpod.daemon.library_cli import library_app
+
+    app.add_typer(library_app, name="library")
+
+
+_add_library_commands()
+
+
 def main() -> None:
     """Entry point: run the app, turning known errors into one sentence and exit code 2."""
     try:

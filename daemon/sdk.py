@@ -20,6 +20,16 @@ event is never dropped silently.
             library_version=7,
         )
         grpod.record_reward(trace_id, 1.0, source="user_thumbs")
+
+The learned library goes into the agent's prompt; the trace then names its version, so each
+version gets a reward record (fetching needs the database: ``GRPOD_DATABASE_URL``):
+
+    from grpod.daemon.sdk import LibraryCache
+
+    libraries = LibraryCache(database_url)  # cached; refreshed when a label moves (LISTEN/NOTIFY)
+    library = libraries.get("support")       # version 0 and no experiences before anything is learned
+    system_prompt = BASE_PROMPT + "\n\n" + library.prompt
+    ... grpod.record_trace(domain="support", ..., library_version=library.version)
 """
 
 from __future__ import annotations
@@ -35,10 +45,12 @@ from ulid import ULID
 
 from grpod.daemon.event_queue import AmqpPublisher, EventPublisher, PublishError, SpoolPublisher
 from grpod.daemon.events import Accepted, Limits, RewardEvent, TraceEvent, validate_event
+from grpod.daemon.library_client import LibraryCache
+from grpod.daemon.library_view import Library
 from grpod.daemon.settings import Settings, load_settings
 from grpod.daemon.topology import is_rabbitmq
 
-__all__ = ["Client", "InvalidEventError", "PublishError", "ValidEvent", "new_trace_id"]
+__all__ = ["Client", "InvalidEventError", "Library", "LibraryCache", "PublishError", "ValidEvent", "new_trace_id"]
 
 
 class InvalidEventError(ValueError):

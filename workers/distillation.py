@@ -21,6 +21,7 @@ from importlib import resources
 from string import Template
 from typing import Any, Literal, Protocol
 
+from grpod.daemon.library_view import experience_lines
 from grpod.workers.llm import Completion, extract_json
 from grpod.workers.operations import Note, Operation, consolidate, merged_sources, parse_operations, validate
 
@@ -182,7 +183,7 @@ def render_library(library: Mapping[int, str]) -> str:
     """The library as the paper renders it: one experience per line, with its id."""
     if not library:
         return "(none yet)"
-    return "\n".join(f"[{experience_id}] {text}" for experience_id, text in sorted(library.items()))
+    return "\n".join(experience_lines(library))
 
 
 def _clip(text: str, limit: int) -> str:

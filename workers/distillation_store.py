@@ -125,7 +125,7 @@ def recorded_calls(conn: psycopg.Connection[Any], distillation_id: int) -> list[
 
 # One group ---------------------------------------------------------------------------------------
 
-RunStatus = Literal["distilled", "failed", "busy", "finished_before", "not_ready"]
+RunStatus = Literal["distilled", "failed", "busy", "finished_before", "not_ready", "frozen"]
 
 
 @dataclass(frozen=True)
@@ -197,6 +197,8 @@ def distil_group(
     if row is None:
         return DistillationRun("not_ready", group_id, reason=f"there is no group {group_id}")
     domain, settings_json, marked = str(row[0]), row[1] or {}, bool(row[2])
+    if row[3]:
+        return DistillationRun("frozen", group_id, domain, reason=f"domain {domain!r} is frozen")
     grouping, learning = DomainSettings.from_json(settings_json), LearningSettings.from_json(settings_json)
     if require_marked and not marked:
         return DistillationRun("not_ready", group_id, domain, reason="the group is not marked ready")
@@ -287,7 +289,7 @@ def distil_group(
 
 # A domain's update window ------------------------------------------------------------------------
 
-WindowStatus = Literal["published", "no_change", "waiting", "busy", "empty"]
+WindowStatus = Literal["published", "no_change", "waiting", "busy", "empty", "frozen"]
 
 
 @dataclass(frozen=True)
@@ -300,12 +302,14 @@ class WindowRun:
     notes: list[Note] = field(default_factory=list)
     calls: list[CallRecord] = field(default_factory=list)
     wait_seconds: float = 0.0
+    label: str | None = None  # the label the new version got (by the domain's publish policy)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "domain": self.domain,
             "status": self.status,
             "version": self.version,
+            "label": self.label,
             "distillation_ids": self.distillation_ids,
             "operations": _operations_json(self.operations),
             "notes": _notes_json(self.notes),
@@ -326,6 +330,8 @@ def run_window(conn: psycopg.Connection[Any], llm: LLM, domain: str, *, force: b
     if not library_store.lock_updates(conn, domain):
         return WindowRun("busy", domain)
     try:
+        if library_store.library_state(conn, domain).frozen:
+            return WindowRun("frozen", domain)
         rows = conn.execute(queries["waiting_distillations"], {"domain": domain}).fetchall()
         if not rows:
             return WindowRun("empty", domain)
@@ -349,6 +355,8 @@ def run_window(conn: psycopg.Connection[Any], llm: LLM, domain: str, *, force: b
             }
 
         version: int | None = None
+        label: str | None = None
+        reason = f"update window of {len(ids)} distillation(s): {', '.join(map(str, ids))}"
         with conn.transaction():
             if consolidated.operations:
                 version = library_store.publish(
@@ -357,11 +365,12 @@ def run_window(conn: psycopg.Connection[Any], llm: LLM, domain: str, *, force: b
                     consolidated.operations,
                     consolidated.notes,
                     created_by="distillation",
-                    reason=f"update window of {len(ids)} distillation(s): {', '.join(map(str, ids))}",
+                    reason=reason,
                     provenance=provenance,
                     distillation_ids=ids,
                     llm_call_ids=[call.id for call in ledger.calls if call.id is not None],
                 )
+                label = library_store.label_new_version(conn, domain, version, actor="distillation", reason=reason)
             conn.execute(queries["apply_distillations"], {"ids": ids, "version": version})
     finally:
         library_store.unlock_updates(conn, domain)
@@ -382,6 +391,7 @@ def run_window(conn: psycopg.Connection[Any], llm: LLM, domain: str, *, force: b
         consolidated.operations,
         consolidated.notes,
         ledger.calls,
+        label=label,
     )
 
 
@@ -526,7 +536,8 @@ def distil_domain(
     """
     _require_autocommit(conn)
     say = progress or (lambda _: None)
-    domain_settings(conn, domain)  # an unknown domain is the operator's error
+    if library_store.library_state(conn, domain).frozen:  # an unknown domain raises here too
+        raise OperatorError(f"domain {domain!r} is frozen: it learns nothing until `grpod library unfreeze {domain}`.")
     if group_id is not None:
         row = conn.execute(_queries()["group_to_distil"], {"group_id": group_id}).fetchone()
         if row is None or row[0] != domain:

@@ -70,3 +70,15 @@ def next_experiences(
             history = (*history, {"version": version, "operation": change.kind, **provenance(change)})
         result[experience_id] = Experience(experience_id, text, history)
     return result, applied.next_id
+
+
+def diff_libraries(before: Library, after: Library) -> dict[str, list[dict[str, Any]]]:
+    """What changed from one version to another: experiences added, removed, and changed (same id)."""
+    added = [after.experiences[i].to_json() for i in sorted(set(after.experiences) - set(before.experiences))]
+    removed = [before.experiences[i].to_json() for i in sorted(set(before.experiences) - set(after.experiences))]
+    changed = [
+        {"id": i, "from": before.experiences[i].text, "to": after.experiences[i].text}
+        for i in sorted(set(before.experiences) & set(after.experiences))
+        if before.experiences[i].text != after.experiences[i].text
+    ]
+    return {"added": added, "removed": removed, "changed": changed}

@@ -164,3 +164,25 @@ def sweep_distillation() -> dict[str, int]:
     if groups or windows:
         log.info("distillation sweep", groups=len(groups), windows=len(windows))
     return {"groups": len(groups), "windows": len(windows)}
+
+
+@shared_task(name="grpod.library.judge")
+def judge_libraries() -> int:
+    """Beat's judge: promote or discard candidates on their traces' rewards, roll back regressions."""
+    from grpod.workers import library_store
+
+    acted = 0
+    with _autocommit() as conn:
+        for domain in library_store.domains_to_judge(conn):
+            for judgement in library_store.judge_domain(conn, domain):
+                if judgement.acted:
+                    acted += 1
+                    log.warning(
+                        "library label moved on live rewards",
+                        domain=domain,
+                        label=judgement.label,
+                        version=judgement.version,
+                        decision=judgement.verdict.decision,
+                        reason=judgement.verdict.reason,
+                    )
+    return acted

@@ -1,6 +1,6 @@
 -- name: group_to_distil
--- A group with its domain, settings and whether it is marked ready.
-SELECT g.domain, d.settings, g.ready_at IS NOT NULL
+-- A group with its domain, settings, whether it is marked ready and whether its domain is frozen.
+SELECT g.domain, d.settings, g.ready_at IS NOT NULL, d.frozen_at IS NOT NULL
 FROM groups g JOIN domains d ON d.name = g.domain
 WHERE g.id = %(group_id)s;
 
@@ -93,7 +93,7 @@ WHERE id = ANY(%(ids)s::bigint[]) AND status = 'distilled';
 -- Domains whose distillations wait to be published, with the oldest wait and how many.
 SELECT d.domain, extract(epoch FROM now() - min(d.finished_at))::float8 AS waited, count(*), s.settings
 FROM distillations d JOIN domains s ON s.name = d.domain
-WHERE d.status = 'distilled'
+WHERE d.status = 'distilled' AND s.frozen_at IS NULL
 GROUP BY d.domain, s.settings;
 
 -- name: groups_to_distil
@@ -102,6 +102,7 @@ GROUP BY d.domain, s.settings;
 SELECT g.id, g.domain FROM groups g
 WHERE g.ready_at IS NOT NULL
   AND g.ready_at <= now() - make_interval(secs => %(min_age_seconds)s)
+  AND (SELECT frozen_at FROM domains WHERE name = g.domain) IS NULL
   AND (%(domain)s::text IS NULL OR g.domain = %(domain)s::text)
   AND NOT EXISTS (
       SELECT 1 FROM distillations d

@@ -1,0 +1,88 @@
+"""The SDK's library cache against the real PostgreSQL: first fetch, refresh on NOTIFY, a lost listener."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from grpod.daemon import library_admin
+from grpod.daemon.sdk import LibraryCache
+from grpod.workers.operations import Operation
+
+from .test_library import OPERATOR, make_domain, publish
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        yield connection
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_an_unknown_domain_is_an_empty_library_and_a_published_one_is_served(
+    conn: psycopg.Connection[Any], database_url: str
+) -> None:
+    with LibraryCache(database_url, listen=False) as cache:
+        empty = cache.get("never-seen")
+        assert (empty.version, empty.experiences, empty.prompt) == (0, (), "")
+        make_domain(conn)
+        publish(
+            conn,
+            "support",
+            [Operation("ADD", "When asked about keys, check the docs."), Operation("ADD", "When unsure, ask.")],
+        )
+        cache.invalidate()
+        library = cache.get("support")
+    assert library.version == 1 and [e.id for e in library.experiences] == [1, 2]
+    assert library.prompt.splitlines()[1:] == ["[1] When asked about keys, check the docs.", "[2] When unsure, ask."]
+    assert library.label == "production"
+
+
+def test_the_cache_refreshes_on_notify_and_survives_a_lost_listener(
+    conn: psycopg.Connection[Any], database_url: str
+) -> None:
+    make_domain(conn)
+    publish(conn, "support", [Operation("ADD", "When A, do B.")])
+    with LibraryCache(database_url, max_staleness=0.5) as cache:
+        assert cache.wait_listening()
+        assert cache.get("support").version == 1
+
+        publish(conn, "support", [Operation("ADD", "When C, do D.")])  # the label moves: NOTIFY
+
+        assert eventually(lambda: cache.refreshes >= 1)
+        assert cache.get("support").version == 2  # from the cache, refreshed by the notification
+        library_admin.rollback(conn, "support", 1, reason="test", actor=OPERATOR)
+        assert eventually(lambda: cache.get("support").version == 1)
+
+        # The listener's connection is killed: entries fall back to bounded staleness ...
+        killed = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'grpod-sdk-listener'"
+        ).fetchall()
+        assert killed == [(True,)]
+        assert eventually(lambda: not cache.listening, timeout=5)
+        library_admin.promote(conn, "support", 2, reason="test", actor=OPERATOR)
+        assert eventually(lambda: cache.get("support").version == 2, timeout=5)  # re-read after 0.5 s at most
+
+        # ... and the listener comes back by itself.
+        assert cache.wait_listening(timeout=15)
+        library_admin.rollback(conn, "support", 1, reason="test", actor=OPERATOR)
+        assert eventually(lambda: cache.get("support").version == 1)
+
+        # The reader's connection dies too: the next fetch opens a new one.
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'grpod-sdk'"
+        ).fetchall()
+        cache.invalidate()
+        assert cache.get("support").version == 1

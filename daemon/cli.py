@@ -371,6 +371,20 @@ def groups(
 
 
 @app.command()
+def demo(as_json: JsonOption = False) -> None:
+    """Run grpod end to end on the embedded default, in a few minutes: stream, group, distil, publish, roll back."""
+    from grpod.daemon.demo import print_report, report_json, run_demo
+
+    settings = _settings()
+    configure_logging("WARNING", settings.log_format)  # the progress bars tell the story
+    report = run_demo(settings, Console(stderr=True))
+    if as_json:
+        print_json(report_json(report))
+        return
+    print_report(report, Console())
+
+
+@app.command()
 def distill(
     domain: Annotated[str | None, typer.Argument(help="The domain to distil now.")] = None,
     group: Annotated[int | None, typer.Option("--group", help="Distil only this group.")] = None,
@@ -454,15 +468,23 @@ domain_app = typer.Typer(help="One domain's settings: show, set, re-embed.", no_
 app.add_typer(domain_app, name="domain")
 
 
+def _stored_settings(conn: Any, name: str) -> dict[str, Any]:
+    from grpod.workers.library_store import library_state
+
+    return dict(library_state(conn, name).settings)
+
+
 def _domain_report(conn: Any, name: str) -> dict[str, Any]:
     from grpod.workers.distillation_store import domain_settings
     from grpod.workers.grouping_store import domain_state
+    from grpod.workers.promotion import PublishSettings
 
     state = domain_state(conn, name)
     _, learning = domain_settings(conn, name)
+    publishing = PublishSettings.from_json(_stored_settings(conn, name))
     return {
         "domain": name,
-        "settings": state.settings.to_json() | learning.to_json(),
+        "settings": state.settings.to_json() | learning.to_json() | publishing.to_json(),
         "embedding_model": state.embedding_model,
         "embedding_dimension": state.embedding_dimension,
     }
@@ -508,11 +530,24 @@ def domain_set(
     update_window_groups: Annotated[
         int | None, typer.Option(help="... or until this many distillations are waiting.")
     ] = None,
+    publish_policy: Annotated[
+        str | None, typer.Option(help="auto: new versions become production; gated: candidate first.")
+    ] = None,
+    promotion_min_traces: Annotated[int | None, typer.Option(help="Rewarded traces per look of the gate.")] = None,
+    promotion_margin: Annotated[
+        float | None, typer.Option(help="A candidate may be this much worse than production.")
+    ] = None,
+    auto_rollback: Annotated[
+        bool | None, typer.Option("--auto-rollback/--no-auto-rollback", help="Roll back regressions.")
+    ] = None,
+    rollback_min_traces: Annotated[int | None, typer.Option(help="Rewarded traces per look of rollback.")] = None,
+    rollback_margin: Annotated[float | None, typer.Option(help="Roll back when worse by more than this.")] = None,
+    test_alpha: Annotated[float | None, typer.Option(help="Error budget of promotion and rollback tests.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Change a domain's grouping and learning settings (validated; the embedding model changes with `reembed`)."""
     from grpod.daemon.database import connect
-    from grpod.workers import distillation
+    from grpod.workers import distillation, promotion
     from grpod.workers.distillation_store import domain_settings
     from grpod.workers.grouping import SettingError, validated_settings
     from grpod.workers.grouping_store import set_settings
@@ -528,6 +563,15 @@ def domain_set(
             "update_window_seconds": update_window_seconds,
             "update_window_groups": update_window_groups,
         }
+        publishing = {
+            "publish_policy": publish_policy,
+            "promotion_min_traces": promotion_min_traces,
+            "promotion_margin": promotion_margin,
+            "auto_rollback": auto_rollback,
+            "rollback_min_traces": rollback_min_traces,
+            "rollback_margin": rollback_margin,
+            "test_alpha": test_alpha,
+        }
         try:
             wanted = validated_settings(
                 current.group_threshold if threshold is None else threshold,
@@ -538,9 +582,13 @@ def domain_set(
             wanted_learning = distillation.validated_learning_settings(
                 **(learning.to_json() | {key: value for key, value in given.items() if value is not None})
             )
-        except (SettingError, distillation.SettingError) as error:
+            current_publishing = promotion.PublishSettings.from_json(_stored_settings(conn, name))
+            wanted_publishing = promotion.validated_publish_settings(
+                **(current_publishing.to_json() | {k: v for k, v in publishing.items() if v is not None})
+            )
+        except (SettingError, distillation.SettingError, promotion.SettingError) as error:
             raise OperatorError(f"{error}; nothing was changed.") from None
-        set_settings(conn, name, wanted, wanted_learning.to_json())
+        set_settings(conn, name, wanted, wanted_learning.to_json() | wanted_publishing.to_json())
         conn.commit()
         report = _domain_report(conn, name)
     if as_json:

@@ -30,7 +30,7 @@ PURPOSES: tuple[Purpose, ...] = ("summary", "advantage", "operations", "consolid
 STEP_ATTEMPTS = 3  # a step whose answer cannot be used is asked again, warmer, this many times in all
 RETRY_TEMPERATURE = 0.7
 SUMMARY_WORDS = 120
-SUMMARY_MAX_TOKENS = 320
+SUMMARY_MAX_TOKENS = 200  # room for SUMMARY_WORDS words; a model that rambles is cut there
 TRAJECTORY_CHARS = 6000  # a longer trajectory keeps its beginning and its end
 CONTENT_CHARS = 1500  # one message of a trajectory
 FEEDBACK_CHARS = 1000
@@ -476,7 +476,7 @@ def distill(
         "operations",
         operations_messages(settings, candidates, library),
         operations_schema(settings, max_items=k + 2),
-        96 + (k + 2) * settings.experience_max_words * 3,
+        96 + (k + 2) * settings.experience_max_words * 2,
         read_operations,
     )
     valid, notes = validate(parsed, library, settings.experience_max_words)

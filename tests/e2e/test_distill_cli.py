@@ -97,6 +97,14 @@ def test_distill_refuses_what_it_cannot_do_in_one_sentence(tmp_path: Path, datab
     assert not_ready.returncode == 2
     assert f"grpod: group {group['id']} of 'support' cannot be distilled: 0 of 5 rewarded traces." in not_ready.stderr
 
+    gated = run_grpod(["domain", "set", "support", "--publish-policy", "gated", "--no-auto-rollback", "--json"], env)
+    assert gated.returncode == 0, gated.stderr
+    assert json.loads(gated.stdout)["settings"]["publish_policy"] == "gated"
+    assert json.loads(gated.stdout)["settings"]["auto_rollback"] is False
+    bad_policy = run_grpod(["domain", "set", "support", "--publish-policy", "sometimes"], env)
+    assert bad_policy.returncode == 2
+    assert "publish_policy must be auto or gated, not 'sometimes'; nothing was changed." in bad_policy.stderr
+
     changed = run_grpod(
         ["domain", "set", "support", "--max-new-experiences", "3", "--agent-objective", "Help.", "--json"], env
     )

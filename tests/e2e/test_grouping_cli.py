@@ -37,6 +37,13 @@ def test_group_inspect_and_tune_a_domain(tmp_path: Path, database_url: str) -> N
         "experience_max_words": 32,
         "update_window_seconds": 60.0,
         "update_window_groups": 4,
+        "publish_policy": "auto",
+        "promotion_min_traces": 30,
+        "promotion_margin": 0.05,
+        "auto_rollback": True,
+        "rollback_min_traces": 30,
+        "rollback_margin": 0.1,
+        "test_alpha": 0.05,
     }
     assert shown["embedding_model"] is None
 

@@ -229,7 +229,8 @@ def version_rewards(
         rewards = [SourceReward(s, float(v), float(r)) for s, v, r in zip(sources, values, received, strict=True)]
         value = combine_rewards(rewards, combination)
         if value is not None:
-            result.setdefault(int(version), []).append(Reward(value, max(r.received_at for r in rewards)))
+            # When it first became rewarded: a later source changes its value, not its place in the looks.
+            result.setdefault(int(version), []).append(Reward(value, min(r.received_at for r in rewards)))
     return result
 
 

@@ -23,7 +23,15 @@ from typing import Any, Literal, Protocol
 
 from grpod.daemon.library_view import experience_lines
 from grpod.workers.llm import Completion, extract_json
-from grpod.workers.operations import Note, Operation, consolidate, merged_sources, parse_operations, validate
+from grpod.workers.operations import (
+    MIN_WORDS,
+    Note,
+    Operation,
+    consolidate,
+    merged_sources,
+    parse_operations,
+    validate,
+)
 
 Purpose = Literal["summary", "advantage", "operations", "consolidation"]
 PURPOSES: tuple[Purpose, ...] = ("summary", "advantage", "operations", "consolidation")
@@ -411,6 +419,8 @@ def read_experiences(completion: Completion, settings: LearningSettings) -> list
         if not isinstance(text, str) or not text.strip():
             continue
         words = text.split()[: settings.experience_max_words]
+        if len(words) < MIN_WORDS:  # "When..." is no rule
+            continue
         cleaned = " ".join(words)
         if cleaned.lower() not in {known.lower() for known in texts}:
             texts.append(cleaned)

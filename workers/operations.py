@@ -16,6 +16,7 @@ from typing import Any, Literal
 Kind = Literal["ADD", "UPDATE", "DELETE", "NONE"]
 KINDS: tuple[Kind, ...] = ("ADD", "UPDATE", "DELETE", "NONE")
 DEFAULT_MAX_WORDS = 48
+MIN_WORDS = 4  # "When X, do Y" at the least: anything shorter ("When...") is not a rule
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,9 @@ def validate(
             continue
         text = operation.text
         words = _words(text)
+        if len(words) < MIN_WORDS:
+            notes.append(Note(shown, "dropped", f"{len(words)} words are too few for a rule"))
+            continue
         if len(words) > max_words:
             text = " ".join(words[:max_words])
             notes.append(Note(shown, "repaired", f"cut from {len(words)} to {max_words} words"))

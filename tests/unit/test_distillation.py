@@ -134,10 +134,12 @@ def test_an_empty_advantage_ends_the_distillation_without_an_operations_call() -
 
 
 def test_the_advantage_answer_is_read_tolerantly_and_capped() -> None:
-    answer = 'Here you go:\n```json\n{"experiences": [{"text": "When A, do B."}, "  ", "when a, do b.", "When C, D.",'
-    answer += ' "When E, F."]}\n```'
+    answer = (
+        'Here you go:\n```json\n{"experiences": [{"text": "When A, do B."}, "  ", "when a, do b.", "When C, do D.",'
+    )
+    answer += ' "When E, do F."]}\n```'
     result, _, _ = run({**GOOD_SCRIPT, "advantage": answer})
-    assert result.candidates == ["When A, do B.", "When C, D."]  # no blank, no repeat, at most K=2
+    assert result.candidates == ["When A, do B.", "When C, do D."]  # no blank, no repeat, at most K=2
 
 
 def test_a_step_is_asked_again_warmer_and_fails_after_three_unusable_answers() -> None:
@@ -221,16 +223,16 @@ def test_the_window_is_due_after_its_seconds_or_its_groups() -> None:
 
 def test_one_proposal_is_consolidated_by_the_rules_without_an_llm_call() -> None:
     llm = ScriptedLLM({})
-    proposals = {3: [Operation("ADD", "When A, B.", sources=(3,)), Operation("ADD", "when a, b", sources=(3,))]}
+    proposals = {3: [Operation("ADD", "When A, do B.", sources=(3,)), Operation("ADD", "when a, do b", sources=(3,))]}
     result = consolidate_window(Ledger(llm), SETTINGS, proposals, {})
     assert llm.calls == [] and not result.asked
-    assert [op.text for op in result.operations] == ["When A, B."]
+    assert [op.text for op in result.operations] == ["When A, do B."]
 
 
 def test_a_window_of_several_groups_is_merged_by_one_llm_call_within_the_rules() -> None:
     library = {1: "When X, do Y.", 2: "When P, do Q."}
     proposals = {
-        7: [Operation("UPDATE", "When X, do Y carefully.", 1, sources=(7,)), Operation("ADD", "When M, N.")],
+        7: [Operation("UPDATE", "When X, do Y carefully.", 1, sources=(7,)), Operation("ADD", "When M, do N.")],
         8: [Operation("DELETE", None, 1, sources=(8,)), Operation("UPDATE", "When X, do Z.", 1, sources=(8,))],
     }
     answer = json.dumps(
@@ -238,7 +240,7 @@ def test_a_window_of_several_groups_is_merged_by_one_llm_call_within_the_rules()
             "operations": [
                 {"operation": "UPDATE", "id": 1, "text": "When X, do Y and Z.", "merged_from": [1, 4], "reason": ""},
                 {"operation": "DELETE", "id": 2, "text": None, "merged_from": [], "reason": "not asked"},
-                {"operation": "ADD", "id": None, "text": "When M, N.", "merged_from": [2], "reason": ""},
+                {"operation": "ADD", "id": None, "text": "When M, do N.", "merged_from": [2], "reason": ""},
             ]
         }
     )
@@ -256,9 +258,12 @@ def test_a_window_of_several_groups_is_merged_by_one_llm_call_within_the_rules()
 
 
 def test_an_unusable_consolidation_falls_back_to_the_rules() -> None:
-    proposals = {1: [Operation("ADD", "When A, B.", sources=(1,))], 2: [Operation("ADD", "When A, B.", sources=(2,))]}
+    proposals = {
+        1: [Operation("ADD", "When A, do B.", sources=(1,))],
+        2: [Operation("ADD", "When A, do B.", sources=(2,))],
+    }
     result = consolidate_window(Ledger(ScriptedLLM({"consolidation": "???"})), SETTINGS, proposals, {})
-    assert [(op.text, op.sources) for op in result.operations] == [("When A, B.", (1, 2))]
+    assert [(op.text, op.sources) for op in result.operations] == [("When A, do B.", (1, 2))]
     assert any("merged by the rules alone" in note.why for note in result.notes)
 
 
@@ -299,13 +304,16 @@ def test_learning_settings_are_validated_with_a_clear_reason() -> None:
 
 
 def test_a_consolidation_that_answers_too_little_keeps_the_proposals_it_did_not_account_for() -> None:
-    proposals = {1: [Operation("ADD", "When A, B.", sources=(1,))], 2: [Operation("ADD", "When C, D.", sources=(2,))]}
+    proposals = {
+        1: [Operation("ADD", "When A, do B.", sources=(1,))],
+        2: [Operation("ADD", "When C, do D.", sources=(2,))],
+    }
     empty = consolidate_window(Ledger(ScriptedLLM({"consolidation": '{"operations": []}'})), SETTINGS, proposals, {})
-    assert [(op.text, op.sources) for op in empty.operations] == [("When A, B.", (1,)), ("When C, D.", (2,))]
+    assert [(op.text, op.sources) for op in empty.operations] == [("When A, do B.", (1,)), ("When C, do D.", (2,))]
     assert sum("left out by the consolidation; kept" in note.why for note in empty.notes) == 2
 
     dropping = json.dumps(
         {"operations": [{"operation": "NONE", "id": None, "text": None, "merged_from": [2], "reason": "too narrow"}]}
     )
     dropped = consolidate_window(Ledger(ScriptedLLM({"consolidation": dropping})), SETTINGS, proposals, {})
-    assert [op.text for op in dropped.operations] == ["When A, B."]
+    assert [op.text for op in dropped.operations] == ["When A, do B."]

@@ -101,3 +101,9 @@ def test_apply_never_renumbers_and_never_reuses_ids() -> None:
 
 def test_normalised_ignores_case_spacing_and_final_punctuation() -> None:
     assert normalised("  When X,   do Y. ") == normalised("when x, do y")
+
+
+def test_a_text_too_short_to_be_a_rule_is_dropped() -> None:
+    valid, notes = validate([Operation("ADD", "When..."), Operation("UPDATE", "When X, do", 1)], {1: "When A, do B."})
+    assert valid == []
+    assert [note.why for note in notes] == ["1 words are too few for a rule", "3 words are too few for a rule"]

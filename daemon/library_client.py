@@ -4,8 +4,10 @@ The first fetch of a (domain, label) reads PostgreSQL (one indexed query); later
 dictionary lookup. A background thread LISTENs on ``grpod_library``: when a label moves, the
 entry is refreshed at once. While the listener is down (the database restarted, the network
 dropped) entries older than ``max_staleness`` seconds are read again on their next fetch, and
-the listener reconnects with backoff. An unknown domain, or a label that points nowhere yet, is
-an empty library at version 0, not an error: an agent can start before anything is learned.
+the listener reconnects with backoff; when the database cannot be read at all, the last entry is
+served as it is (an agent keeps working with the library it had). An unknown domain, or a label
+that points nowhere yet, is an empty library at version 0, not an error: an agent can start before
+anything is learned.
 
 psycopg is imported when the cache is created, not when the SDK is: recording events needs no
 database driver.
@@ -29,6 +31,10 @@ CHANNEL = "grpod_library"
 DEFAULT_MAX_STALENESS = 30.0
 DEFAULT_TOKEN_BUDGET = 2000
 RECONNECT_MAX_SECONDS = 30.0
+
+
+class LibraryUnavailableError(Exception):
+    """A library was never fetched and the database cannot be read now; the message says what to check."""
 
 
 class LibraryCache:
@@ -56,6 +62,7 @@ class LibraryCache:
         self._stop = threading.Event()
         self._listening = threading.Event()
         self.refreshes = 0  # entries refreshed on a notification (for tests and metrics)
+        self.stale_served = 0  # fetches answered from an old entry because the database could not be read
         self._listener: threading.Thread | None = None
         if listen:
             self._listener = threading.Thread(target=self._listen, name="grpod-library-listener", daemon=True)
@@ -78,7 +85,17 @@ class LibraryCache:
             library, fetched_at = entry
             if self._listening.is_set() or self._clock() - fetched_at < self.max_staleness:
                 return library
-        return self._fetch(key)
+        try:
+            return self._fetch(key)
+        except Exception as error:
+            if entry is None:
+                raise LibraryUnavailableError(
+                    f"the library of {domain!r} ({label}) cannot be read from the database ({error}); "
+                    "check GRPOD_DATABASE_URL and that PostgreSQL is running."
+                ) from error
+            # The database is away: keep serving what the agent had rather than failing its request.
+            self.stale_served += 1
+            return entry[0]
 
     def invalidate(self, domain: str | None = None) -> None:
         with self._lock:

@@ -45,12 +45,21 @@ from ulid import ULID
 
 from grpod.daemon.event_queue import AmqpPublisher, EventPublisher, PublishError, SpoolPublisher
 from grpod.daemon.events import Accepted, Limits, RewardEvent, TraceEvent, validate_event
-from grpod.daemon.library_client import LibraryCache
+from grpod.daemon.library_client import LibraryCache, LibraryUnavailableError
 from grpod.daemon.library_view import Library
 from grpod.daemon.settings import Settings, load_settings
 from grpod.daemon.topology import is_rabbitmq
 
-__all__ = ["Client", "InvalidEventError", "Library", "LibraryCache", "PublishError", "ValidEvent", "new_trace_id"]
+__all__ = [
+    "Client",
+    "InvalidEventError",
+    "Library",
+    "LibraryCache",
+    "LibraryUnavailableError",
+    "PublishError",
+    "ValidEvent",
+    "new_trace_id",
+]
 
 
 class InvalidEventError(ValueError):

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from grpod.daemon import library_admin
-from grpod.daemon.sdk import LibraryCache
+from grpod.daemon.sdk import LibraryCache, LibraryUnavailableError
 from grpod.workers.operations import Operation
 
 from .test_library import OPERATOR, make_domain, publish
@@ -86,3 +86,27 @@ def test_the_cache_refreshes_on_notify_and_survives_a_lost_listener(
         ).fetchall()
         cache.invalidate()
         assert cache.get("support").version == 1
+
+
+def test_with_the_database_gone_the_last_library_is_served_and_a_new_one_is_a_clear_error(
+    conn: psycopg.Connection[Any], database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_domain(conn)
+    publish(conn, "support", [Operation("ADD", "When A, do B.")])
+    clock = [0.0]
+    with LibraryCache(database_url, listen=False, max_staleness=1.0, clock=lambda: clock[0]) as cache:
+        assert cache.get("support").version == 1
+        # The database goes away: the reader's connection dies and new ones are refused.
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'grpod-sdk'"
+        ).fetchall()
+
+        def refused(*_: object, **__: object) -> None:
+            raise psycopg.OperationalError("connection refused")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(psycopg, "connect", refused)
+            clock[0] = 5.0  # the entry is stale: it is read again, which fails
+            assert cache.get("support").version == 1 and cache.stale_served == 1
+            with pytest.raises(LibraryUnavailableError, match="the library of 'billing' \\(production\\) cannot be"):
+                cache.get("billing")

@@ -7,6 +7,7 @@ request that cannot be done ends with one sentence on stderr and exit code 2.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -141,13 +142,17 @@ def worker(
         from grpod.workers.ingest_step import IngestConsumerStep
 
         celery.steps["worker"].add(IngestConsumerStep)
+    processes = concurrency or settings.worker_concurrency
+    if settings.llm_threads is None and pool == "prefork":
+        # Each process loads its own bundled model: share the cores between them, not each all of them.
+        os.environ["GRPOD_LLM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
     celery.worker_main(
         [
             "--quiet",  # no banner: our own log lines say what runs where
             "worker",
             f"--loglevel={settings.log_level}",
             f"--queues={','.join(queue_name(settings.queue_prefix, stage) for stage in stages)}",
-            f"--concurrency={concurrency or settings.worker_concurrency}",
+            f"--concurrency={processes}",
             f"--pool={pool}",
             "--without-mingle",
             "--without-gossip",

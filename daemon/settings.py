@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     )
     llm_model: str | None = Field(default=None, description="Model name at GRPOD_LLM_BASE_URL.")
     llm_api_key: SecretStr | None = Field(default=None, description="API key for GRPOD_LLM_BASE_URL.")
+    llm_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="CPU threads of the bundled model per process (default: the cores, shared by a worker).",
+    )
     embeddings: str = Field(
         default="local",
         description="'local' (bundled all-MiniLM-L6-v2) or an OpenAI-compatible embeddings URL.",

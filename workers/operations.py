@@ -68,6 +68,11 @@ def _words(text: str) -> list[str]:
     return text.split()
 
 
+def repeats_itself(words: Sequence[str]) -> bool:
+    """A looping answer ("When 2022 2022 2022 ..."): fewer than a third of its words are different."""
+    return len({word.lower().strip(".,;:!?") for word in words}) * 3 < len(words)
+
+
 def normalised(text: str) -> str:
     """Text compared for duplicates: case, spacing and trailing punctuation do not count."""
     return re.sub(r"\s+", " ", text.strip().lower()).rstrip(".!;:")
@@ -135,6 +140,9 @@ def validate(
         words = _words(text)
         if len(words) < MIN_WORDS:
             notes.append(Note(shown, "dropped", f"{len(words)} words are too few for a rule"))
+            continue
+        if repeats_itself(words):
+            notes.append(Note(shown, "dropped", "the text repeats itself (a degenerate answer)"))
             continue
         if len(words) > max_words:
             text = " ".join(words[:max_words])

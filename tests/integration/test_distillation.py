@@ -315,7 +315,7 @@ def test_bad_operations_are_repaired_or_dropped_and_recorded(
     conn: psycopg.Connection[Any], embedder: LocalEmbedder
 ) -> None:
     group_id = ready_group(conn, embedder, "k", KEY_QUERIES)
-    long_text = "When asked " + "really " * 60 + "search first."
+    long_text = "When asked " + " ".join(f"step{i}" for i in range(60)) + " search first."
     script = {
         **GOOD_SCRIPT,
         "operations": '```json\n{"operations": [{"op": "delete", "id": 7}, {"operation": "ADD", "text": ""},'

@@ -49,11 +49,11 @@ def test_a_delete_without_text_is_kept_and_an_unknown_delete_dropped() -> None:
 
 
 def test_empty_text_is_dropped_and_over_long_text_cut() -> None:
-    long_text = " ".join(["word"] * 60)
+    long_text = " ".join(f"word{i}" for i in range(60))
     valid, notes = validate(
         [Operation("ADD", None), Operation("UPDATE", "", 3), Operation("ADD", long_text)], LIBRARY, 10
     )
-    assert [o.text for o in valid] == [" ".join(["word"] * 10)]
+    assert [o.text for o in valid] == [" ".join(f"word{i}" for i in range(10))]
     assert [n.why for n in notes] == ["ADD without text", "UPDATE without text", "cut from 60 to 10 words"]
 
 
@@ -107,3 +107,11 @@ def test_a_text_too_short_to_be_a_rule_is_dropped() -> None:
     valid, notes = validate([Operation("ADD", "When..."), Operation("UPDATE", "When X, do", 1)], {1: "When A, do B."})
     assert valid == []
     assert [note.why for note in notes] == ["1 words are too few for a rule", "3 words are too few for a rule"]
+
+
+def test_a_text_that_repeats_itself_is_dropped_and_a_real_rule_is_not() -> None:
+    looping = "When " + " ".join(["2022"] * 30)
+    rule = "When a query names an API key, search the security docs before answering, and quote the menu path."
+    valid, notes = validate([Operation("ADD", looping), Operation("ADD", rule)], {})
+    assert [op.text for op in valid] == [rule]
+    assert [note.why for note in notes] == ["the text repeats itself (a degenerate answer)"]

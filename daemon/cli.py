@@ -473,20 +473,22 @@ domain_app = typer.Typer(help="One domain's settings: show, set, re-embed.", no_
 app.add_typer(domain_app, name="domain")
 
 
-def _stored_settings(conn: Any, name: str) -> dict[str, Any]:
+def _domain_settings(conn: Any, name: str) -> tuple[Any, Any, Any]:
+    """A domain's grouping, learning and publishing settings, from one read of its stored settings."""
+    from grpod.workers.distillation import LearningSettings
+    from grpod.workers.grouping import DomainSettings
     from grpod.workers.library_store import library_state
+    from grpod.workers.promotion import PublishSettings
 
-    return dict(library_state(conn, name).settings)
+    stored = library_state(conn, name).settings
+    return DomainSettings.from_json(stored), LearningSettings.from_json(stored), PublishSettings.from_json(stored)
 
 
 def _domain_report(conn: Any, name: str) -> dict[str, Any]:
-    from grpod.workers.distillation_store import domain_settings
     from grpod.workers.grouping_store import domain_state
-    from grpod.workers.promotion import PublishSettings
 
     state = domain_state(conn, name)
-    _, learning = domain_settings(conn, name)
-    publishing = PublishSettings.from_json(_stored_settings(conn, name))
+    _, learning, publishing = _domain_settings(conn, name)
     return {
         "domain": name,
         "settings": state.settings.to_json() | learning.to_json() | publishing.to_json(),
@@ -553,13 +555,12 @@ def domain_set(
     """Change a domain's grouping and learning settings (validated; the embedding model changes with `reembed`)."""
     from grpod.daemon.database import connect
     from grpod.workers import distillation, promotion
-    from grpod.workers.distillation_store import domain_settings
     from grpod.workers.grouping import SettingError, validated_settings
     from grpod.workers.grouping_store import set_settings
 
     settings = _settings()
     with connect(_database(settings), connect_timeout=settings.database_connect_timeout) as conn:
-        current, learning = domain_settings(conn, name)
+        current, learning, current_publishing = _domain_settings(conn, name)
         given = {
             "agent_objective": agent_objective,
             "learning_objective": learning_objective,
@@ -587,7 +588,6 @@ def domain_set(
             wanted_learning = distillation.validated_learning_settings(
                 **(learning.to_json() | {key: value for key, value in given.items() if value is not None})
             )
-            current_publishing = promotion.PublishSettings.from_json(_stored_settings(conn, name))
             wanted_publishing = promotion.validated_publish_settings(
                 **(current_publishing.to_json() | {k: v for k, v in publishing.items() if v is not None})
             )

@@ -120,41 +120,35 @@ def _refuse_if_pinned(state: library_store.LibraryState, domain: str) -> None:
         )
 
 
-def _discard_candidate(conn: psycopg.Connection[Any], domain: str, actor: str, reason: str) -> None:
-    if "candidate" in library_store.labels(conn, domain):
-        library_store.move_label(conn, domain, "candidate", None, action="discard", actor=actor, reason=reason)
+def _move_production(
+    conn: psycopg.Connection[Any], domain: str, version: int, *, action: str, reason: str, actor: str
+) -> tuple[int | None, dict[str, int]]:
+    """Point production at an existing version of the domain, for an operator; returns where it
+    pointed before and the labels as they were. Run inside a transaction."""
+    library_store.lock_updates_now(conn, domain)
+    state = library_store.library_state(conn, domain)
+    if version == 0 or not library_store.version_exists(conn, domain, version):
+        raise OperatorError(f"domain {domain!r} has no library version {version}; {_history_hint(domain)}.")
+    _refuse_if_pinned(state, domain)
+    current = library_store.labels(conn, domain)
+    if current.get("production") == version:
+        raise OperatorError(f"version {version} of {domain!r} is production already; nothing was changed.")
+    library_store.move_label(conn, domain, "production", version, action=action, actor=actor, reason=reason)
+    return current.get("production"), current
 
 
 def rollback(conn: psycopg.Connection[Any], domain: str, to: int, *, reason: str, actor: str) -> dict[str, Any]:
     """Move production back to version ``to``; history stays, and learning builds on ``to`` from now on."""
     with conn.transaction():
-        library_store.lock_updates_now(conn, domain)
-        state = library_store.library_state(conn, domain)
-        if to == 0 or not library_store.version_exists(conn, domain, to):
-            raise OperatorError(f"domain {domain!r} has no library version {to}; {_history_hint(domain)}.")
-        _refuse_if_pinned(state, domain)
-        before = library_store.labels(conn, domain).get("production")
-        if before == to:
-            raise OperatorError(f"version {to} of {domain!r} is production already; nothing was changed.")
-        library_store.move_label(conn, domain, "production", to, action="rollback", actor=actor, reason=reason)
-        _discard_candidate(conn, domain, actor, f"production rolled back to version {to}")
+        before, _ = _move_production(conn, domain, to, action="rollback", reason=reason, actor=actor)
+        library_store.discard_candidate(conn, domain, actor=actor, reason=f"production rolled back to version {to}")
     return {"domain": domain, "label": "production", "from": before, "to": to, "actor": actor, "reason": reason}
 
 
 def promote(conn: psycopg.Connection[Any], domain: str, version: int, *, reason: str, actor: str) -> dict[str, Any]:
     """Make ``version`` production now (an operator's promotion skips the reward gate)."""
     with conn.transaction():
-        library_store.lock_updates_now(conn, domain)
-        state = library_store.library_state(conn, domain)
-        if version == 0 or not library_store.version_exists(conn, domain, version):
-            raise OperatorError(f"domain {domain!r} has no library version {version}; {_history_hint(domain)}.")
-        _refuse_if_pinned(state, domain)
-        current = library_store.labels(conn, domain)
-        if current.get("production") == version:
-            raise OperatorError(f"version {version} of {domain!r} is production already; nothing was changed.")
-        before = library_store.move_label(
-            conn, domain, "production", version, action="promote", actor=actor, reason=reason
-        )
+        before, current = _move_production(conn, domain, version, action="promote", reason=reason, actor=actor)
         if current.get("candidate") == version:
             library_store.move_label(
                 conn, domain, "candidate", None, action="promote", actor=actor, reason="promoted to production"

@@ -86,3 +86,14 @@ def agent_trace(
             },
         ]
     return trace(trace_id, domain=domain, query=query, trajectory=steps, answer=str(steps[-1]["content"]))
+
+
+# Five paraphrases that the local embedding model puts in one group, and rewards that differ.
+KEY_QUERIES = [
+    "How do I rotate my API key?",
+    "rotate api key please",
+    "I need to generate a new API key and revoke the old one",
+    "how can i roll my api token",
+    "what is the way to rotate an API key",
+]
+KEY_REWARDS = [1.0, 0.0, 1.0, 0.0, 0.0]

@@ -191,6 +191,12 @@ class LibraryState:
     settings: Mapping[str, Any]
 
 
+def discard_candidate(conn: psycopg.Connection[Any], domain: str, *, actor: str, reason: str) -> None:
+    """Remove the candidate label, if there is one (recorded like every other move)."""
+    if "candidate" in labels(conn, domain):
+        move_label(conn, domain, "candidate", None, action="discard", actor=actor, reason=reason)
+
+
 def library_state(conn: psycopg.Connection[Any], domain: str) -> LibraryState:
     row = conn.execute(_queries()["library_state"], {"domain": domain}).fetchone()
     if row is None:
@@ -208,10 +214,8 @@ def label_new_version(conn: psycopg.Connection[Any], domain: str, version: int, 
     policy = PublishSettings.from_json(state.settings).publish_policy
     label = "production" if policy == "auto" and state.pinned_version is None else "candidate"
     move_label(conn, domain, label, version, action="publish", actor=actor, reason=reason)
-    if label == "production" and "candidate" in labels(conn, domain):
-        move_label(
-            conn, domain, "candidate", None, action="discard", actor=actor, reason=f"superseded by version {version}"
-        )
+    if label == "production":
+        discard_candidate(conn, domain, actor=actor, reason=f"superseded by version {version}")
     return label
 
 
@@ -322,16 +326,12 @@ def judge_domain(conn: psycopg.Connection[Any], domain: str, *, actor: str = "ju
                         reason=verdict.reason,
                         statistics=statistics,
                     )
-                    if "candidate" in labels(conn, domain):
-                        move_label(
-                            conn,
-                            domain,
-                            "candidate",
-                            None,
-                            action="discard",
-                            actor="auto-rollback",
-                            reason=f"built on version {production}, which was rolled back",
-                        )
+                    discard_candidate(
+                        conn,
+                        domain,
+                        actor="auto-rollback",
+                        reason=f"built on version {production}, which was rolled back",
+                    )
                 judgements.append(Judgement(domain, "production", production, verdict, verdict.decision == "rollback"))
     return judgements
 

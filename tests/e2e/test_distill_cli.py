@@ -5,23 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..factories import agent_trace, raw, reward
+from ..factories import KEY_QUERIES, KEY_REWARDS, agent_trace, raw, reward
 from .helpers import grpod_env, run_grpod
-
-QUERIES = [
-    "How do I rotate my API key?",
-    "rotate api key please",
-    "I need to generate a new API key and revoke the old one",
-    "how can i roll my api token",
-    "what is the way to rotate an API key",
-]
-REWARDS = [1.0, 0.0, 1.0, 0.0, 0.0]
 
 
 def test_distill_a_domain_then_replay_it_from_the_ledger(tmp_path: Path, database_url: str) -> None:
     env = grpod_env(tmp_path / "home", database_url=database_url)
-    events = [raw(agent_trace(f"t{i}", q, good=v > 0.5)) for i, (q, v) in enumerate(zip(QUERIES, REWARDS, strict=True))]
-    events += [raw(reward(f"t{i}", v, critique="wrong menu" if v < 0.5 else None)) for i, v in enumerate(REWARDS)]
+    events = [
+        raw(agent_trace(f"t{i}", q, good=v > 0.5))
+        for i, (q, v) in enumerate(zip(KEY_QUERIES, KEY_REWARDS, strict=True))
+    ]
+    events += [raw(reward(f"t{i}", v, critique="wrong menu" if v < 0.5 else None)) for i, v in enumerate(KEY_REWARDS)]
     (tmp_path / "events.jsonl").write_bytes(b"\n".join(events) + b"\n")
     assert run_grpod(["ingest", str(tmp_path / "events.jsonl")], env).returncode == 0
     # The traces are not grouped yet: `grpod distill` groups them first.

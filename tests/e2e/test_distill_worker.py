@@ -19,24 +19,14 @@ from typing import Any
 import psycopg
 
 from grpod.daemon.celery_app import create_app
-from grpod.daemon.events import Limits
 from grpod.daemon.settings import Settings
 from grpod.workers import grouping_store
 from grpod.workers.embeddings import LocalEmbedder
 from grpod.workers.grouping import DomainSettings
-from grpod.workers.ingest import Incoming, store_isolating_failures
 
-from ..factories import agent_trace, raw, reward
+from ..factories import KEY_QUERIES, KEY_REWARDS, agent_trace, reward
+from ..integration.stored import ingest
 from .helpers import GRPOD, grpod_env
-
-QUERIES = [
-    "How do I rotate my API key?",
-    "rotate api key please",
-    "I need to generate a new API key and revoke the old one",
-    "how can i roll my api token",
-    "what is the way to rotate an API key",
-]
-REWARDS = [1.0, 0.0, 1.0, 0.0, 0.0]
 
 
 def _wait(what: str, check: Callable[[], Any], timeout: float) -> Any:
@@ -71,10 +61,11 @@ def test_a_worker_killed_mid_distillation_leaves_exactly_one_version_after_the_r
 ) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         grouping_store.prepare(conn)
-        events = [agent_trace(f"t{i}", q, good=v > 0.5) for i, (q, v) in enumerate(zip(QUERIES, REWARDS, strict=True))]
-        events += [reward(f"t{i}", v) for i, v in enumerate(REWARDS)]
-        outcome = store_isolating_failures(conn, [Incoming(raw(e), "test") for e in events], Limits(), 4096)
-        assert not outcome.rejected
+        events = [
+            agent_trace(f"t{i}", q, good=v > 0.5) for i, (q, v) in enumerate(zip(KEY_QUERIES, KEY_REWARDS, strict=True))
+        ]
+        events += [reward(f"t{i}", v) for i, v in enumerate(KEY_REWARDS)]
+        ingest(conn, *events)
         # Publish as soon as the distillation is done (no 60 s window).
         grouping_store.set_settings(conn, "support", DomainSettings(), {"update_window_seconds": 0})
         run = grouping_store.group_domain(conn, LocalEmbedder(), "support")

@@ -8,30 +8,21 @@ a scripted LLM, whose answers are known, against the same real database.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
 from grpod.daemon.errors import OperatorError
-from grpod.daemon.events import Limits
 from grpod.workers import distillation_store, grouping_store, library_store
 from grpod.workers.distillation import PURPOSES
 from grpod.workers.embeddings import LocalEmbedder
-from grpod.workers.ingest import Incoming, store_isolating_failures
 from grpod.workers.llm import LocalLLM
 
-from ..factories import agent_trace, raw, reward
+from ..factories import KEY_QUERIES, agent_trace, reward
 from ..scripted_llm import GOOD_SCRIPT, ScriptedLLM
+from .stored import ingest
 
-KEY_QUERIES = [
-    "How do I rotate my API key?",
-    "rotate api key please",
-    "I need to generate a new API key and revoke the old one",
-    "how can i roll my api token",
-    "what is the way to rotate an API key",
-]
 EXPORT_QUERIES = [
     "Export all my data as CSV",
     "how do I download an export of my account data",
@@ -49,18 +40,6 @@ def embedder() -> LocalEmbedder:
 @pytest.fixture(scope="module")
 def local_llm() -> LocalLLM:
     return LocalLLM()
-
-
-@pytest.fixture
-def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(database_url, autocommit=True) as connection:
-        grouping_store.prepare(connection)
-        yield connection
-
-
-def ingest(conn: psycopg.Connection[Any], *events: dict[str, Any]) -> None:
-    outcome = store_isolating_failures(conn, [Incoming(raw(e), "test") for e in events], Limits(), 4096)
-    assert not outcome.rejected, outcome.rejected
 
 
 def ready_group(

@@ -3,37 +3,24 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import psycopg
 import pytest
 
-from grpod.daemon.events import Limits
 from grpod.workers import grouping_store
 from grpod.workers.embeddings import LocalEmbedder, normalise_rows
 from grpod.workers.grouping import DomainSettings
-from grpod.workers.ingest import Incoming, store_isolating_failures
 
-from ..factories import raw, reward, trace
+from ..factories import reward, trace
+from .stored import ingest
 
 
 @pytest.fixture(scope="module")
 def embedder() -> LocalEmbedder:
     return LocalEmbedder()
-
-
-@pytest.fixture
-def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(database_url, autocommit=True) as connection:
-        grouping_store.prepare(connection)
-        yield connection
-
-
-def ingest(conn: psycopg.Connection[Any], *events: dict[str, Any]) -> None:
-    outcome = store_isolating_failures(conn, [Incoming(raw(e), "test") for e in events], Limits(), 4096)
-    assert not outcome.rejected, outcome.rejected
 
 
 KEYS = [

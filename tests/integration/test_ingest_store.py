@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -20,12 +19,6 @@ from grpod.workers.maintenance import expire_orphan_rewards
 from ..factories import raw, reward, trace
 
 LIMITS = Limits(max_event_bytes=64 * 1024, max_query_bytes=256)
-
-
-@pytest.fixture
-def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(database_url, autocommit=True) as connection:
-        yield connection
 
 
 def store(conn: psycopg.Connection[Any], *payloads: bytes, origin: str = "queue") -> BatchOutcome:

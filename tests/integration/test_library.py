@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -13,28 +13,16 @@ import pytest
 
 from grpod.daemon import library_admin
 from grpod.daemon.errors import OperatorError
-from grpod.daemon.events import Limits
 from grpod.workers import distillation_store, library_store
 from grpod.workers.grouping import DomainSettings
 from grpod.workers.grouping_store import set_settings
-from grpod.workers.ingest import Incoming, store_isolating_failures
 from grpod.workers.operations import Operation
 
-from ..factories import agent_trace, raw, reward, trace
+from ..factories import agent_trace, reward, trace
 from ..scripted_llm import ScriptedLLM
+from .stored import ingest
 
 OPERATOR = "operator:test"
-
-
-@pytest.fixture
-def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(database_url, autocommit=True) as connection:
-        yield connection
-
-
-def ingest(conn: psycopg.Connection[Any], *events: dict[str, Any]) -> None:
-    outcome = store_isolating_failures(conn, [Incoming(raw(e), "test") for e in events], Limits(), 4096)
-    assert not outcome.rejected, outcome.rejected
 
 
 def make_domain(conn: psycopg.Connection[Any], domain: str = "support", **settings: object) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -14,12 +14,6 @@ from grpod.daemon.sdk import LibraryCache, LibraryUnavailableError
 from grpod.workers.operations import Operation
 
 from .test_library import OPERATOR, make_domain, publish
-
-
-@pytest.fixture
-def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(database_url, autocommit=True) as connection:
-        yield connection
 
 
 def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:

@@ -84,10 +84,11 @@ class TimedLLM:
         schema: Mapping[str, Any] | None = None,
         max_tokens: int = 512,
         temperature: float = 0.0,
+        seed: int | None = None,
     ) -> Completion:
         started = time.perf_counter()
         try:
-            return self.llm.complete(messages, schema=schema, max_tokens=max_tokens, temperature=temperature)
+            return self.llm.complete(messages, schema=schema, max_tokens=max_tokens, temperature=temperature, seed=seed)
         finally:
             with self._lock:
                 self.intervals.append((started, time.perf_counter()))
@@ -211,7 +212,7 @@ def main() -> None:
             while todo := distillation_store.groups_to_distil(conn, "support", limit=1):
                 ((group_id, _),) = todo
                 start = time.perf_counter()
-                run = distillation_store.distil_group(conn, llm, group_id)
+                run = distillation_store.distil_group(conn, llm, embedder, group_id)
                 end = time.perf_counter()
                 if run.status != "distilled" or run.id is None:
                     print(f"group {group_id}: {run.status}: {run.reason}", file=sys.stderr)

@@ -49,6 +49,7 @@ class ScriptedLLM:
         schema: Mapping[str, Any] | None = None,
         max_tokens: int = 512,
         temperature: float = 0.0,
+        seed: int | None = None,
     ) -> Completion:
         step = step_of(messages)
         with self._lock:

@@ -21,6 +21,9 @@ from importlib import resources
 from string import Template
 from typing import Any, Literal, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from grpod.daemon.library_view import experience_lines
 from grpod.workers.llm import Completion, extract_json
 from grpod.workers.operations import (
@@ -42,6 +45,7 @@ SUMMARY_MAX_TOKENS = 200  # room for SUMMARY_WORDS words; a model that rambles i
 TRAJECTORY_CHARS = 6000  # a longer trajectory keeps its beginning and its end
 CONTENT_CHARS = 1500  # one message of a trajectory
 FEEDBACK_CHARS = 1000
+CLOSE_DISTANCE = 0.4  # measured on rule pairs with the bundled MiniLM (README, "Distillation")
 
 
 class SettingError(ValueError):
@@ -60,6 +64,9 @@ class LearningSettings:
     experience_max_words: int = 32
     update_window_seconds: float = 60.0  # distillations of a domain wait this long to be published together
     update_window_groups: int = 4  # ... or until this many are waiting
+    # A candidate with no experience within this cosine distance is new: it is added without an
+    # operations call. Closer, the operations step decides how it changes the library.
+    close_distance: float = CLOSE_DISTANCE
 
     FIELDS = (
         "agent_objective",
@@ -68,6 +75,7 @@ class LearningSettings:
         "experience_max_words",
         "update_window_seconds",
         "update_window_groups",
+        "close_distance",
     )
 
     @classmethod
@@ -98,6 +106,9 @@ def validated_learning_settings(**values: object) -> LearningSettings:
         raise SettingError(f"update_window_seconds must be a number of seconds from 0 to 86400, not {window!r}")
     if isinstance(groups, bool) or not isinstance(groups, int) or not 1 <= groups <= 1000:
         raise SettingError(f"update_window_groups must be a whole number from 1 to 1000, not {groups!r}")
+    close = values["close_distance"]
+    if isinstance(close, bool) or not isinstance(close, int | float) or not 0 <= close <= 2:
+        raise SettingError(f"close_distance must be a cosine distance from 0 to 2, not {close!r}")
     return LearningSettings(
         agent_objective=str(values["agent_objective"]).strip(),
         learning_objective=str(values["learning_objective"]).strip(),
@@ -105,6 +116,7 @@ def validated_learning_settings(**values: object) -> LearningSettings:
         experience_max_words=words,
         update_window_seconds=float(window),
         update_window_groups=groups,
+        close_distance=float(close),
     )
 
 
@@ -356,6 +368,7 @@ class Ask(Protocol):
         schema: Mapping[str, Any] | None,
         max_tokens: int,
         temperature: float,
+        seed: int | None = None,
     ) -> Completion: ...
 
 
@@ -384,7 +397,14 @@ def _ask_until(
     asked = tried = 0
     while asked < STEP_ATTEMPTS:
         temperature = 0.0 if tried == 0 else RETRY_TEMPERATURE
-        completion = ask(purpose, messages, schema=schema, max_tokens=max_tokens, temperature=temperature)
+        completion = ask(
+            purpose,
+            messages,
+            schema=schema,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=step_seed(messages, tried),
+        )
         tried += 1
         asked += 0 if completion.recorded else 1
         value = read(completion)
@@ -392,6 +412,12 @@ def _ask_until(
             return value
         why = completion.error or "the answer was empty or held nothing usable"
     raise StepFailedError(purpose, why)
+
+
+def step_seed(messages: Messages, attempt: int) -> int:
+    """The sampling seed of a step's attempt, from its input: reruns and replays sample alike."""
+    digest = hashlib.sha256(json.dumps([messages, attempt], sort_keys=True).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def _answer_object(completion: Completion) -> dict[str, Any] | None:
@@ -427,6 +453,52 @@ def read_experiences(completion: Completion, settings: LearningSettings) -> list
     return texts[: settings.max_new_experiences]
 
 
+# Which candidates are new ------------------------------------------------------------------------
+
+Neighbour = tuple[int, float]  # the nearest experience's id and its cosine distance to a candidate
+Vectors = npt.NDArray[np.float32]
+
+
+class Near(Protocol):
+    """The nearest experience of the library to each text (None for each when the library is empty)."""
+
+    def __call__(self, texts: Sequence[str]) -> Sequence[Neighbour | None]: ...
+
+
+def nearest(texts: Vectors, experiences: Vectors, ids: Sequence[int]) -> list[Neighbour | None]:
+    """For each row of ``texts``, the id of the nearest row of ``experiences`` and its cosine
+    distance (rows are of unit length, as every embedder gives them)."""
+    if len(ids) == 0:
+        return [None] * len(texts)
+    distances = 1.0 - np.asarray(texts, dtype=np.float32) @ np.asarray(experiences, dtype=np.float32).T
+    return [(int(ids[int(np.argmin(row))]), round(float(np.min(row)), 6)) for row in distances]
+
+
+@dataclass(frozen=True)
+class Triage:
+    new: list[str]  # no experience is close: each is an ADD, without an operations call
+    close: list[str]  # the operations step decides what each changes
+    notes: list[Note]
+
+
+def triage(candidates: Sequence[str], neighbours: Sequence[Neighbour | None], close_distance: float) -> Triage:
+    """Split the candidates by whether an existing experience is within ``close_distance``."""
+    new: list[str] = []
+    close: list[str] = []
+    notes: list[Note] = []
+    for text, neighbour in zip(candidates, neighbours, strict=True):
+        if neighbour is not None and neighbour[1] < close_distance:
+            close.append(text)
+            continue
+        new.append(text)
+        seen = (
+            "the library is empty" if neighbour is None else f"the nearest, [{neighbour[0]}], is at {neighbour[1]:.2f}"
+        )
+        why = f"no experience within cosine distance {close_distance:g} ({seen}): added without an operations call"
+        notes.append(Note(f"ADD {text}"[:200], "added", why))
+    return Triage(new, close, notes)
+
+
 # The steps --------------------------------------------------------------------------------------
 
 
@@ -436,6 +508,7 @@ class Distilled:
     candidates: list[str]
     operations: list[Operation]
     notes: list[Note] = field(default_factory=list)
+    neighbours: list[Neighbour | None] = field(default_factory=list)  # per candidate, what the triage saw
 
 
 def distill(
@@ -445,11 +518,15 @@ def distill(
     library: Mapping[int, str],
     distillation_id: int,
     *,
+    near: Near,
     concurrency: int = 8,
 ) -> Distilled:
     """Summaries (concurrent), the group advantage, and the operations for one group.
 
-    Raises ``StepFailedError`` when a step's answer cannot be used after its retries.
+    A candidate that no experience is close to (by ``near``) is an ADD without an operations call;
+    the operations step decides for the others, and when its answer stays unusable they change
+    nothing, so no usable candidate is lost to a bad operations answer. Raises
+    ``StepFailedError`` when the summaries or the group advantage cannot be used after their retries.
     """
     if not samples:
         raise ValueError("a distillation needs at least one sample")
@@ -475,23 +552,44 @@ def distill(
     if not candidates:
         return Distilled(summaries, [], [], [])
 
-    def read_operations(completion: Completion) -> tuple[list[Operation], list[Note]] | None:
-        data = _answer_object(completion)
-        if data is None or not isinstance(data.get("operations"), list):
-            return None
-        return parse_operations(data)
-
-    parsed, parse_notes = _ask_until(
-        ask,
-        "operations",
-        operations_messages(settings, candidates, library),
-        operations_schema(settings, max_items=k + 2),
-        96 + (k + 2) * settings.experience_max_words * 2,
-        read_operations,
-    )
-    valid, notes = validate(parsed, library, settings.experience_max_words)
+    neighbours = list(near(candidates))
+    split = triage(candidates, neighbours, settings.close_distance)
+    proposed = [Operation("ADD", text, reason="no experience is close to it") for text in split.new]
+    notes = list(split.notes)
+    if split.close:
+        try:
+            parsed, parse_notes = _ask_until(
+                ask,
+                "operations",
+                operations_messages(settings, split.close, library),
+                operations_schema(settings, max_items=len(split.close) + 2),
+                96 + (len(split.close) + 2) * settings.experience_max_words * 2,
+                _read_operations,
+            )
+        except StepFailedError as error:
+            parsed, parse_notes = (
+                [],
+                [
+                    Note(
+                        f"candidate {text}"[:200],
+                        "dropped",
+                        f"{error}; an experience is close to it, so nothing changes",
+                    )
+                    for text in split.close
+                ],
+            )
+        proposed += parsed
+        notes += parse_notes
+    valid, validation_notes = validate(proposed, library, settings.experience_max_words)
     stamped = [replace(operation, sources=(distillation_id,)) for operation in valid]
-    return Distilled(summaries, candidates, stamped, parse_notes + notes)
+    return Distilled(summaries, candidates, stamped, notes + validation_notes, neighbours)
+
+
+def _read_operations(completion: Completion) -> tuple[list[Operation], list[Note]] | None:
+    data = _answer_object(completion)
+    if data is None or not isinstance(data.get("operations"), list):
+        return None
+    return parse_operations(data)
 
 
 # The domain's update window ---------------------------------------------------------------------
@@ -546,12 +644,6 @@ def consolidate_window(
 
     named_ids = {op.experience_id for op in current if op.experience_id is not None}
 
-    def read(completion: Completion) -> tuple[list[Operation], list[Note]] | None:
-        data = _answer_object(completion)
-        if data is None or not isinstance(data.get("operations"), list):
-            return None
-        return parse_operations(data)
-
     try:
         answered, answer_notes = _ask_until(
             ask,
@@ -559,7 +651,7 @@ def consolidate_window(
             consolidation_messages(settings, current, library),
             operations_schema(settings, max_items=len(current) + 1, merged_from=True),
             128 + len(current) * settings.experience_max_words * 3,
-            read,
+            _read_operations,
         )
     except StepFailedError as error:
         merged, rule_notes = consolidate(current)

@@ -25,14 +25,18 @@ from grpod.daemon.sql import load_queries
 from grpod.workers import grouping_store, library_store
 from grpod.workers.distillation import (
     LearningSettings,
+    Near,
+    Neighbour,
     Sample,
     StepFailedError,
     consolidate_window,
     distill,
     input_key,
+    nearest,
     pick_samples,
     window_wait,
 )
+from grpod.workers.embeddings import Embedder
 from grpod.workers.grouping import Combination, DomainSettings, Member, SourceReward, combine_rewards, readiness
 from grpod.workers.ledger import CallRecord, Ledger, NotRecordedError
 from grpod.workers.llm import LLM, LLMError
@@ -102,6 +106,47 @@ def _recorder(conn: psycopg.Connection[Any], domain: str, distillation_id: int |
         return int(row[0])
 
     return record
+
+
+def near_in(embedder: Embedder, library: Mapping[int, str]) -> Near:
+    """The triage's ``near`` over ``library``: candidates and experiences embedded by ``embedder``."""
+
+    def near(texts: Sequence[str]) -> list[Neighbour | None]:
+        if not library:
+            return [None] * len(texts)
+        ids = sorted(library)
+        vectors = embedder.embed([*texts, *(library[i] for i in ids)])
+        return nearest(vectors[: len(texts)], vectors[len(texts) :], ids)
+
+    return near
+
+
+def near_as_recorded(recorded: Sequence[Mapping[str, Any]] | None) -> Near:
+    """The triage's ``near`` of a replay: the neighbours the distillation recorded. A distillation
+    recorded before the triage existed asked the operations step for every candidate: each is
+    taken as close."""
+    by_text = {str(item["candidate"]): item for item in recorded or ()}
+
+    def near(texts: Sequence[str]) -> list[Neighbour | None]:
+        found: list[Neighbour | None] = []
+        for text in texts:
+            if recorded is None:
+                found.append((0, 0.0))
+                continue
+            item = by_text.get(text)
+            if item is None:
+                raise NotRecordedError(f"the recording holds no neighbour of the candidate {text[:80]!r}")
+            found.append(None if item["id"] is None else (int(item["id"]), float(item["distance"])))
+        return found
+
+    return near
+
+
+def _neighbours_json(candidates: Sequence[str], neighbours: Sequence[Neighbour | None]) -> list[dict[str, Any]]:
+    return [
+        {"candidate": text, "id": None if n is None else n[0], "distance": None if n is None else n[1]}
+        for text, n in zip(candidates, neighbours, strict=True)
+    ]
 
 
 def recorded_calls(conn: psycopg.Connection[Any], distillation_id: int) -> list[CallRecord]:
@@ -179,6 +224,7 @@ def _sample(row: Sequence[Any], combination: Combination) -> tuple[Sample, Membe
 def distil_group(
     conn: psycopg.Connection[Any],
     llm: LLM,
+    embedder: Embedder,
     group_id: int,
     *,
     require_marked: bool = True,
@@ -239,7 +285,8 @@ def distil_group(
         bound = log.bind(distillation_id=distillation_id, group_id=group_id, domain=domain, attempt=attempts)
         ledger = Ledger(llm, _recorder(conn, domain, distillation_id), recorded_calls(conn, distillation_id))
         try:
-            result = distill(ledger, learning, samples, parent.texts(), distillation_id)
+            library = parent.texts()
+            result = distill(ledger, learning, samples, library, distillation_id, near=near_in(embedder, library))
         except (StepFailedError, LLMError) as error:
             backoff = backoff_seconds(attempts)
             conn.execute(
@@ -256,6 +303,7 @@ def distil_group(
                     "candidates": Jsonb(result.candidates),
                     "operations": Jsonb(_operations_json(result.operations)),
                     "notes": Jsonb(_notes_json(result.notes)),
+                    "neighbours": Jsonb(_neighbours_json(result.candidates, result.neighbours)),
                 },
             )
             conn.execute(
@@ -483,7 +531,14 @@ def replay(conn: psycopg.Connection[Any], distillation_id: int) -> Replay:
     parent = library_store.load(conn, domain, int(row["parent_version"]))
     ledger = Ledger(None, recorded=recorded_calls(conn, distillation_id))
     try:
-        result = distill(ledger, LearningSettings.from_json(row["settings"]), samples, parent.texts(), distillation_id)
+        result = distill(
+            ledger,
+            LearningSettings.from_json(row["settings"]),
+            samples,
+            parent.texts(),
+            distillation_id,
+            near=near_as_recorded(row["neighbours"]),
+        )
     except (NotRecordedError, StepFailedError) as error:
         raise OperatorError(f"distillation {distillation_id} cannot be replayed: {error}.") from None
     return Replay(
@@ -523,7 +578,7 @@ class DomainRun:
 def distil_domain(
     conn: psycopg.Connection[Any],
     llm: Callable[[], LLM],
-    embedder: Callable[[], Any],
+    embedder: Callable[[], Embedder],
     domain: str,
     *,
     group_id: int | None = None,
@@ -560,7 +615,7 @@ def distil_domain(
     runs: list[DistillationRun] = []
     for number, target in enumerate(targets, start=1):
         say(f"distilling group {target} ({number} of {len(targets)})")
-        run_ = distil_group(conn, llm(), target, require_marked=group_id is None)
+        run_ = distil_group(conn, llm(), embedder(), target, require_marked=group_id is None)
         if group_id is not None and run_.status == "not_ready":
             raise OperatorError(f"group {group_id} of {domain!r} cannot be distilled: {run_.reason}.")
         runs.append(run_)

@@ -100,6 +100,7 @@ class Ledger:
         schema: Mapping[str, Any] | None,
         max_tokens: int,
         temperature: float,
+        seed: int | None = None,
     ) -> Completion:
         digest = prompt_hash(messages, schema)
         with self._lock:
@@ -113,7 +114,9 @@ class Ledger:
                 f"the recording holds no {purpose} call with this prompt (hash {digest.hex()[:12]}): "
                 "it was made with other prompts or other inputs"
             )
-        completion = self._llm.complete(messages, schema=schema, max_tokens=max_tokens, temperature=temperature)
+        completion = self._llm.complete(
+            messages, schema=schema, max_tokens=max_tokens, temperature=temperature, seed=seed
+        )
         call = CallRecord(
             purpose=purpose,
             model=completion.model,
@@ -123,6 +126,7 @@ class Ledger:
                 "schema": dict(schema) if schema is not None else None,
                 "max_tokens": max_tokens,
                 "temperature": temperature,
+                "seed": seed,
             },
             response=completion.text,
             error=completion.error,

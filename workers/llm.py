@@ -89,8 +89,12 @@ class LLM(Protocol):
         schema: Mapping[str, Any] | None = None,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         temperature: float = 0.0,
+        seed: int | None = None,
     ) -> Completion:
-        """The answer to ``messages`` (``{"role": ..., "content": ...}``); never raises for bad model output."""
+        """The answer to ``messages`` (``{"role": ..., "content": ...}``); never raises for bad model output.
+
+        ``seed`` fixes the sampling where the model allows it, so an answer above temperature 0 can be had again.
+        """
         ...
 
 
@@ -289,6 +293,7 @@ class LocalLLM:
         schema: Mapping[str, Any] | None = None,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         temperature: float = 0.0,
+        seed: int | None = None,
     ) -> Completion:
         from llama_cpp.llama_types import (
             ChatCompletionRequestMessage,
@@ -309,6 +314,7 @@ class LocalLLM:
                         response_format=response_format,
                         max_tokens=max_tokens,
                         temperature=temperature,
+                        seed=seed,
                     ),
                 )
         except ValueError as error:  # e.g. a prompt longer than the context
@@ -396,6 +402,7 @@ class OpenAILLM:
         schema: Mapping[str, Any] | None = None,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         temperature: float = 0.0,
+        seed: int | None = None,
     ) -> Completion:
         request: dict[str, Any] = {
             "model": self.model,
@@ -403,6 +410,8 @@ class OpenAILLM:
             "max_tokens": max_tokens,
             "temperature": temperature,
         }
+        if seed is not None:
+            request["seed"] = seed
         started = time.perf_counter()
         if schema is not None and self.json_schema_supported:
             constrained = {

@@ -54,10 +54,11 @@ class Operation:
 
 @dataclass(frozen=True)
 class Note:
-    """What happened to one proposed operation that was not taken as it came."""
+    """What happened to one proposed operation that was not taken as it came (or a candidate that
+    became an ADD without an operations call: ``added``)."""
 
     proposed: str
-    action: Literal["dropped", "repaired"]
+    action: Literal["dropped", "repaired", "added"]
     why: str
 
     def to_json(self) -> dict[str, str]:

@@ -114,10 +114,13 @@ def sweep_grouping() -> int:
 def distill_group(group_id: int) -> str:
     """Distil one ready group; its operations then wait for the domain's update window."""
     from grpod.workers import distillation_store
+    from grpod.workers.embeddings import process_embedder
     from grpod.workers.llm import process_llm
 
     with _autocommit() as conn:
-        run = distillation_store.distil_group(conn, process_llm(), group_id, on_ready=_hand_off_ready)
+        run = distillation_store.distil_group(
+            conn, process_llm(), process_embedder(), group_id, on_ready=_hand_off_ready
+        )
         if run.status == "distilled" and run.domain is not None:
             _schedule_window(conn, run.domain)
     if run.status not in ("distilled", "failed"):

@@ -58,7 +58,7 @@ RETURNING id;
 -- A distillation's result; its operations now wait for the domain's update window.
 UPDATE distillations
 SET status = 'distilled', summaries = %(summaries)s, candidates = %(candidates)s, operations = %(operations)s,
-    notes = %(notes)s, finished_at = now()
+    notes = %(notes)s, neighbours = %(neighbours)s, finished_at = now()
 WHERE id = %(id)s AND status = 'running';
 
 -- name: use_traces
@@ -113,7 +113,7 @@ LIMIT %(limit)s;
 -- name: distillation
 -- One distillation, for a report or a replay.
 SELECT id, domain, group_id, parent_version, samples, settings, status, attempts, error, summaries, candidates,
-       operations, notes, version, created_at, finished_at
+       operations, notes, neighbours, version, created_at, finished_at
 FROM distillations WHERE id = %(id)s;
 
 -- name: domain_settings

@@ -28,12 +28,17 @@ def test_the_demo_runs_the_whole_loop_on_the_embedded_default(tmp_path: Path) ->
     assert report["tokens_in"] > 0 and report["tokens_out"] > 0
     assert report["model"] == "SmolLM2-135M-Instruct"
     assert set(report["versions"]) == {"support", "sql"}
+    # Version 1 of both domains; version 2 of support learned from the topics agents met later.
+    assert report["versions"]["sql"][:1] == [1] and report["versions"]["support"][:2] == [1, 2]
     for domain, library in report["libraries"].items():
         assert library["domain"] == domain
         for experience in library["experiences"]:
             assert {"id", "text", "provenance"} <= set(experience)
+    # ... then rolled back by the judge, with the statistics it decided on.
     rollback = report["rollback"]
     assert rollback is not None and rollback["domain"] == "support"
-    assert report["libraries"]["support"]["version"] == rollback["to"] < rollback["from"]
+    assert (rollback["from"], rollback["to"]) == (2, 1)
+    assert report["libraries"]["support"]["version"] == 1
+    assert rollback["tested"]["traces"] >= 20 and rollback["tested"]["mean"] < rollback["reference"]["mean"]
     # The progress went to stderr; the home holds the demo's own database, apart from the user's.
     assert (tmp_path / "home" / "demo" / "pgdata").is_dir()

@@ -9,7 +9,8 @@ import psycopg
 
 from grpod.workers.operations import Operation
 
-from ..integration.test_library import make_domain, publish, served
+from ..integration.stored import publish
+from ..integration.test_library import make_domain, served
 from .helpers import grpod_env, run_grpod
 
 

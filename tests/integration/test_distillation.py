@@ -7,6 +7,7 @@ a scripted LLM, whose answers are known, against the same real database.
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -18,10 +19,11 @@ from grpod.workers import distillation_store, grouping_store, library_store
 from grpod.workers.distillation import PURPOSES
 from grpod.workers.embeddings import LocalEmbedder
 from grpod.workers.llm import LocalLLM
+from grpod.workers.operations import Operation
 
 from ..factories import KEY_QUERIES, agent_trace, reward
 from ..scripted_llm import GOOD_SCRIPT, ScriptedLLM
-from .stored import ingest
+from .stored import ingest, publish
 
 EXPORT_QUERIES = [
     "Export all my data as CSV",
@@ -88,7 +90,7 @@ def test_a_full_distillation_with_the_local_model(
 ) -> None:
     group_id = ready_group(conn, embedder, "k", KEY_QUERIES)
 
-    run = distillation_store.distil_group(conn, local_llm, group_id)
+    run = distillation_store.distil_group(conn, local_llm, embedder, group_id)
 
     assert run.status in ("distilled", "failed"), run.reason
     assert run.id is not None
@@ -146,7 +148,7 @@ def test_a_duplicate_or_concurrent_task_makes_no_second_distillation(
 
     def run() -> None:
         with psycopg.connect(database_url, autocommit=True) as own:
-            results.append(distillation_store.distil_group(own, llm, group_id))
+            results.append(distillation_store.distil_group(own, llm, embedder, group_id))
 
     threads = [threading.Thread(target=run) for _ in range(3)]
     for thread in threads:
@@ -158,7 +160,7 @@ def test_a_duplicate_or_concurrent_task_makes_no_second_distillation(
     assert conn.execute("SELECT count(*) FROM distillations").fetchone() == (1,)
     assert llm.calls.count("advantage") == 1
     # Redelivered afterwards: the group is no longer ready, its traces are used.
-    again = distillation_store.distil_group(conn, llm, group_id, require_marked=False)
+    again = distillation_store.distil_group(conn, llm, embedder, group_id, require_marked=False)
     assert again.status == "not_ready"
     assert conn.execute("SELECT count(*) FROM distillations").fetchone() == (1,)
 
@@ -192,8 +194,8 @@ def test_a_window_publishes_one_version_for_several_groups_and_ids_are_never_reu
         ' {"operation": "DELETE", "id": 99, "text": null, "merged_from": [], "reason": "invented"}]}'
     )
     llm = ScriptedLLM(script)
-    a = distillation_store.distil_group(conn, llm, keys)
-    b = distillation_store.distil_group(conn, llm, exports)
+    a = distillation_store.distil_group(conn, llm, embedder, keys)
+    b = distillation_store.distil_group(conn, llm, embedder, exports)
     assert (a.status, b.status) == ("distilled", "distilled")
     assert a.id is not None and b.id is not None
 
@@ -218,8 +220,6 @@ def test_a_window_publishes_one_version_for_several_groups_and_ids_are_never_reu
 
     # Version 2 deletes experience 2 and adds one: the new one gets id 3, never 2 again.
     parent = library_store.load(conn, "support", 1)
-    from grpod.workers.operations import Operation
-
     with conn.transaction():
         version = library_store.publish(
             conn,
@@ -258,7 +258,7 @@ def test_a_step_that_cannot_be_parsed_fails_that_distillation_only_and_a_retry_r
     broken = ScriptedLLM({**GOOD_SCRIPT, "advantage": 'Sure! {"experiences": ["When asked'})  # cut, no list
     broken.script["advantage"] = "I cannot answer in JSON, sorry."
 
-    failed = distillation_store.distil_group(conn, broken, group_id)
+    failed = distillation_store.distil_group(conn, broken, embedder, group_id)
 
     assert failed.status == "failed"
     assert "advantage step gave no usable answer after 3 attempts" in failed.reason
@@ -277,11 +277,11 @@ def test_a_step_that_cannot_be_parsed_fails_that_distillation_only_and_a_retry_r
 
     # ... then the retry resumes: the recorded summaries are not asked for again.
     good = ScriptedLLM(GOOD_SCRIPT)
-    retried = distillation_store.distil_group(conn, good, group_id)
+    retried = distillation_store.distil_group(conn, good, embedder, group_id)
 
     assert retried.status == "distilled" and retried.id == failed.id
     assert failed.id is not None
-    assert good.calls == ["advantage", "operations"]
+    assert good.calls == ["advantage"]  # the library is empty: the candidate is added without an operations call
     assert conn.execute("SELECT attempts, status FROM distillations WHERE id = %s", (failed.id,)).fetchone() == (
         2,
         "distilled",
@@ -294,6 +294,8 @@ def test_bad_operations_are_repaired_or_dropped_and_recorded(
     conn: psycopg.Connection[Any], embedder: LocalEmbedder
 ) -> None:
     group_id = ready_group(conn, embedder, "k", KEY_QUERIES)
+    # An experience close to the candidate: the operations step decides.
+    publish(conn, "support", [Operation("ADD", "When asked about account settings, search the documentation first.")])
     long_text = "When asked " + " ".join(f"step{i}" for i in range(60)) + " search first."
     script = {
         **GOOD_SCRIPT,
@@ -301,7 +303,7 @@ def test_bad_operations_are_repaired_or_dropped_and_recorded(
         ' {"operation": "UPDATE", "id": "E42", "text": "When asked about keys, check the docs."},'
         ' {"operation": "FROB"}, {"operation": "ADD", "text": "' + long_text + '"}',  # cut short, no closing
     }
-    run = distillation_store.distil_group(conn, ScriptedLLM(script), group_id)
+    run = distillation_store.distil_group(conn, ScriptedLLM(script), embedder, group_id)
 
     assert run.status == "distilled"
     kinds = [(op.kind, op.experience_id) for op in run.operations]
@@ -312,8 +314,53 @@ def test_bad_operations_are_repaired_or_dropped_and_recorded(
     assert any("ADD without text" in why for why in whys)
     assert any("unknown operation 'FROB'" in why for why in whys)
     assert any("cut from" in why for why in whys)
-    stored = conn.execute("SELECT notes FROM distillations WHERE id = %s", (run.id,)).fetchone()
+    stored = conn.execute("SELECT notes, neighbours FROM distillations WHERE id = %s", (run.id,)).fetchone()
     assert stored is not None and len(stored[0]) == len(run.notes)
+    ((neighbour),) = stored[1]
+    assert neighbour["id"] == 1 and neighbour["distance"] < 0.4
+
+
+def test_a_usable_candidate_is_not_lost_to_a_degenerate_operations_answer(
+    conn: psycopg.Connection[Any], embedder: LocalEmbedder
+) -> None:
+    # The bundled model's answer to a held-out password-reset group: a usable candidate, then an
+    # operations answer that repeats itself. With nothing close in the library, the candidate is added.
+    queries = [
+        "I forgot my password, how do I reset it",
+        "how can I reset my password",
+        "password reset not working",
+        "reset my account password please",
+        "where do I change a forgotten password",
+    ]
+    group_id = ready_group(conn, embedder, "p", queries)
+    candidate = "When I'm trying to reset my password, I'm using a password reset link."
+    looping = "When I'm trying to reset my password, " + "I'm using " * 30
+    script = {
+        **GOOD_SCRIPT,
+        "advantage": json.dumps({"experiences": [candidate]}),
+        "operations": json.dumps({"operations": [{"operation": "ADD", "id": None, "text": looping, "reason": ""}]}),
+    }
+    llm = ScriptedLLM(script)
+
+    run = distillation_store.distil_group(conn, llm, embedder, group_id)
+
+    assert run.status == "distilled" and "operations" not in llm.calls
+    assert [(op.kind, op.text) for op in run.operations] == [("ADD", candidate)]
+    assert [note.action for note in run.notes] == ["added"] and "the library is empty" in run.notes[0].why
+    window = distillation_store.run_window(conn, llm, "support", force=True)
+    assert window.status == "published" and window.version == 1
+    assert list(library_store.load(conn, "support", 1).texts().values()) == [candidate]
+
+    # Version 1 holds it now: the same candidate again is close, so the operations step decides;
+    # its degenerate answer changes nothing, and says why.
+    more = [f"{query} again" for query in queries]
+    again = ready_group(conn, embedder, "q", more)
+    second = distillation_store.distil_group(conn, llm, embedder, again)
+    assert second.status == "distilled" and llm.calls.count("operations") == 1
+    assert second.operations == [] and any("repeats itself" in note.why for note in second.notes)
+    assert run.id is not None and second.id is not None
+    for distillation_id in (run.id, second.id):  # the replay takes the recorded neighbours
+        assert distillation_store.replay(conn, distillation_id).same
 
 
 def test_unknown_distillation_or_unfinished_one_cannot_be_replayed(conn: psycopg.Connection[Any]) -> None:

@@ -20,7 +20,7 @@ from grpod.workers.operations import Operation
 
 from ..factories import agent_trace, reward, trace
 from ..scripted_llm import ScriptedLLM
-from .stored import ingest
+from .stored import ingest, publish
 
 OPERATOR = "operator:test"
 
@@ -29,24 +29,6 @@ def make_domain(conn: psycopg.Connection[Any], domain: str = "support", **settin
     ingest(conn, trace(f"{domain}-seed", domain=domain))
     if settings:
         set_settings(conn, domain, DomainSettings(), settings)
-
-
-def publish(conn: psycopg.Connection[Any], domain: str, operations: Sequence[Operation], reason: str = "test") -> int:
-    """A version as the domain update makes one: appended, then labelled by the publish policy."""
-    with conn.transaction():
-        library_store.lock_updates_now(conn, domain)
-        parent = library_store.load(conn, domain, library_store.current_version(conn, domain))
-        version = library_store.publish(
-            conn,
-            parent,
-            operations,
-            [],
-            created_by="distillation",
-            reason=reason,
-            provenance=lambda op: {"distillations": list(op.sources)},
-        )
-        library_store.label_new_version(conn, domain, version, actor="distillation", reason=reason)
-    return version
 
 
 def served(conn: psycopg.Connection[Any], domain: str, version: int, values: Sequence[float], prefix: str) -> None:
@@ -184,7 +166,7 @@ def test_pin_holds_production_and_freeze_stops_learning(conn: psycopg.Connection
     assert conn.execute("SELECT count(*) FROM traces WHERE trace_id = 'after-freeze'").fetchone() == (1,)
     assert distillation_store.run_window(conn, ScriptedLLM({}), "support", force=True).status == "frozen"
     with pytest.raises(OperatorError, match="is frozen"):
-        distillation_store.distil_domain(conn, lambda: ScriptedLLM({}), lambda: None, "support")
+        distillation_store.distil_domain(conn, lambda: ScriptedLLM({}), lambda: pytest.fail("no embedding"), "support")
     library_admin.set_frozen(conn, "support", False, reason="resolved", actor=OPERATOR)
     actions = [row[0] for row in events(conn, "support")]
     assert actions[-5:] == ["unpin", "promote", "promote", "freeze", "unfreeze"]

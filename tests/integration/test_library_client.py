@@ -13,7 +13,8 @@ from grpod.daemon import library_admin
 from grpod.daemon.sdk import LibraryCache, LibraryUnavailableError
 from grpod.workers.operations import Operation
 
-from .test_library import OPERATOR, make_domain, publish
+from .stored import publish
+from .test_library import OPERATOR, make_domain
 
 
 def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:

@@ -11,14 +11,19 @@ import pytest
 from grpod.workers import distillation
 from grpod.workers.distillation import (
     LearningSettings,
+    Near,
+    Neighbour,
     Sample,
     SettingError,
     StepFailedError,
     consolidate_window,
     distill,
     input_key,
+    nearest,
     pick_samples,
     render_trajectory,
+    step_seed,
+    triage,
     window_wait,
 )
 from grpod.workers.ledger import CallRecord, Ledger, NotRecordedError, prompt_hash
@@ -29,6 +34,16 @@ from ..factories import agent_trace
 from ..scripted_llm import GOOD_SCRIPT, ScriptedLLM, step_of
 
 SETTINGS = LearningSettings()
+LIBRARY = {4: "When asked about keys, check the docs."}
+
+
+def near_at(library: Mapping[int, str], distance: float = 0.1) -> Near:
+    """A ``near`` that puts every text at ``distance`` from the library's first experience."""
+
+    def near(texts: Sequence[str]) -> list[Neighbour | None]:
+        return [(min(library), distance) if library else None for _ in texts]
+
+    return near
 
 
 def samples(rewards: Sequence[float] = (1.0, 0.0, 1.0, 0.0, 0.5)) -> list[Sample]:
@@ -113,19 +128,79 @@ def test_the_input_key_changes_with_traces_rewards_and_parent_but_not_with_order
     assert len(key) == 32
 
 
-def run(script: Mapping[str, Any], library: Mapping[int, str] | None = None) -> tuple[Any, ScriptedLLM, Ledger]:
+def run(
+    script: Mapping[str, Any], library: Mapping[int, str] | None = None, distance: float = 0.1
+) -> tuple[Any, ScriptedLLM, Ledger]:
     llm = ScriptedLLM(script)
     ledger = Ledger(llm)
-    return distill(ledger, SETTINGS, samples(), library or {}, distillation_id=11), llm, ledger
+    library = library or {}
+    result = distill(ledger, SETTINGS, samples(), library, distillation_id=11, near=near_at(library, distance))
+    return result, llm, ledger
 
 
 def test_a_distillation_makes_g_summaries_one_advantage_and_one_operations_call() -> None:
-    result, llm, ledger = run(GOOD_SCRIPT)
+    result, llm, ledger = run(GOOD_SCRIPT, LIBRARY)
     assert sorted(llm.calls) == ["advantage", "operations"] + ["summary"] * 5
     assert [c.purpose for c in ledger.calls].count("summary") == 5
     assert result.candidates == ["When asked about account settings, search the documentation before answering."]
     (operation,) = result.operations
     assert (operation.kind, operation.sources) == ("ADD", (11,))
+    assert result.neighbours == [(4, 0.1)]
+
+
+def test_a_candidate_no_experience_is_close_to_is_added_without_an_operations_call() -> None:
+    # The operations step would answer with a degenerate ADD: it is never asked.
+    looping = '{"operations": [{"operation": "ADD", "id": null, "text": "When ' + "reset " * 20 + '", "reason": ""}]}'
+    for library, distance in (({}, 0.0), (LIBRARY, SETTINGS.close_distance)):
+        result, llm, _ = run({**GOOD_SCRIPT, "operations": looping}, library, distance)
+        assert "operations" not in llm.calls
+        (operation,) = result.operations
+        assert operation.kind == "ADD" and operation.text == result.candidates[0] and operation.sources == (11,)
+        (note,) = result.notes
+        assert note.action == "added" and "added without an operations call" in note.why
+        assert ("the library is empty" in note.why) == (not library)
+
+
+def test_an_unusable_operations_answer_keeps_the_new_candidates_and_changes_nothing_for_the_close_ones() -> None:
+    texts = ["When asked about API keys, check the docs first.", "When a tool fails, retry."]
+    advantage = json.dumps({"experiences": texts})
+    llm = ScriptedLLM({**GOOD_SCRIPT, "advantage": advantage, "operations": "no json at all"})
+
+    def near(texts: Sequence[str]) -> list[Neighbour | None]:
+        return [(4, 0.05) if "API keys" in text else (4, 0.9) for text in texts]
+
+    result = distill(Ledger(llm), SETTINGS, samples(), LIBRARY, 3, near=near)
+
+    assert llm.calls.count("operations") == 3  # asked, then twice again warmer
+    assert [(op.kind, op.text) for op in result.operations] == [("ADD", "When a tool fails, retry.")]
+    by_action = {note.action: note for note in result.notes}
+    assert "nearest, [4], is at 0.90" in by_action["added"].why
+    assert "API keys" in by_action["dropped"].proposed
+    assert "operations step gave no usable answer" in by_action["dropped"].why
+    assert "an experience is close to it, so nothing changes" in by_action["dropped"].why
+
+
+def test_the_triage_splits_candidates_at_the_close_distance() -> None:
+    split = triage(["a a a a", "b b b b", "c c c c"], [(1, 0.39), (2, 0.4), None], 0.4)
+    assert split.close == ["a a a a"] and split.new == ["b b b b", "c c c c"]
+    assert [note.action for note in split.notes] == ["added", "added"]
+
+
+def test_nearest_finds_each_texts_closest_experience_by_cosine_distance() -> None:
+    import numpy as np
+
+    experiences = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    texts = np.array([[0.6, 0.8], [1.0, 0.0]], dtype=np.float32)
+    assert nearest(texts, experiences, [7, 9]) == [(9, 0.2), (7, 0.0)]
+    assert nearest(texts, np.zeros((0, 2), dtype=np.float32), []) == [None, None]
+
+
+def test_each_attempt_of_a_step_has_a_seed_drawn_from_its_input() -> None:
+    messages = [{"role": "user", "content": "Summarise."}]
+    assert step_seed(messages, 1) == step_seed([dict(m) for m in messages], 1)
+    assert len({step_seed(messages, attempt) for attempt in range(3)}) == 3
+    assert step_seed(messages, 0) != step_seed([{"role": "user", "content": "Other."}], 0)
+    assert 0 <= step_seed(messages, 2) < 2**31
 
 
 def test_an_empty_advantage_ends_the_distillation_without_an_operations_call() -> None:
@@ -143,22 +218,30 @@ def test_the_advantage_answer_is_read_tolerantly_and_capped() -> None:
 
 
 def test_a_step_is_asked_again_warmer_and_fails_after_three_unusable_answers() -> None:
-    temperatures: list[float] = []
+    asked: list[tuple[float, int]] = []
 
     class Watching(ScriptedLLM):
         def complete(self, messages: Any, **kwargs: Any) -> Any:
             if step_of(messages) == "advantage":
-                temperatures.append(kwargs["temperature"])
+                asked.append((kwargs["temperature"], kwargs["seed"]))
             return super().complete(messages, **kwargs)
 
-    llm = Watching({**GOOD_SCRIPT, "advantage": ["no json here", "", GOOD_SCRIPT["advantage"]]})  # type: ignore[list-item]
-    result = distill(Ledger(llm), SETTINGS, samples(), {}, 1)
-    assert result.candidates and temperatures == [0.0, 0.7, 0.7]
+    def answers() -> list[str]:
+        return ["no json here", "", str(GOOD_SCRIPT["advantage"])]
+
+    llm = Watching({**GOOD_SCRIPT, "advantage": answers()})  # type: ignore[dict-item]
+    result = distill(Ledger(llm), SETTINGS, samples(), {}, 1, near=near_at({}))
+    assert result.candidates and [temperature for temperature, _ in asked] == [0.0, 0.7, 0.7]
+    assert len({seed for _, seed in asked}) == 3
+    first_run = list(asked)
+    asked.clear()
+    distill(Ledger(Watching({**GOOD_SCRIPT, "advantage": answers()})), SETTINGS, samples(), {}, 1, near=near_at({}))  # type: ignore[dict-item]
+    assert asked == first_run  # a rerun samples with the same seeds
 
     with pytest.raises(StepFailedError, match="advantage step gave no usable answer after 3 attempts"):
-        distill(Ledger(ScriptedLLM({**GOOD_SCRIPT, "advantage": "{}"})), SETTINGS, samples(), {}, 1)
+        distill(Ledger(ScriptedLLM({**GOOD_SCRIPT, "advantage": "{}"})), SETTINGS, samples(), {}, 1, near=near_at({}))
     with pytest.raises(StepFailedError, match="summary step"):
-        distill(Ledger(ScriptedLLM({**GOOD_SCRIPT, "summary": "   "})), SETTINGS, samples(), {}, 1)
+        distill(Ledger(ScriptedLLM({**GOOD_SCRIPT, "summary": "   "})), SETTINGS, samples(), {}, 1, near=near_at({}))
 
 
 def test_operations_against_the_library_are_validated_with_reasons() -> None:
@@ -187,29 +270,32 @@ def test_the_ledger_records_each_call_and_a_replay_answers_from_the_recording_on
         return len(recorded)
 
     ledger = Ledger(ScriptedLLM(GOOD_SCRIPT), record)
-    first = distill(ledger, SETTINGS, samples(), {}, 5)
+    near = near_at(LIBRARY)
+    first = distill(ledger, SETTINGS, samples(), LIBRARY, 5, near=near)
     assert len(recorded) == 7
     assert sorted(c.id for c in ledger.calls if c.id is not None) == list(range(1, 8))  # ids from the store
     for call in recorded:
         assert call.prompt_hash == prompt_hash(call.request["messages"], call.request["schema"])
         assert call.model == "scripted" and call.tokens_in > 0
+        assert isinstance(call.request["seed"], int)
 
     replay = Ledger(None, recorded=recorded)
-    again = distill(replay, SETTINGS, samples(), {}, 5)
+    again = distill(replay, SETTINGS, samples(), LIBRARY, 5, near=near)
     assert again.operations == first.operations and replay.unused == 0
     assert all(call.replayed for call in replay.calls)
 
+    other = LearningSettings(agent_objective="Other.")
     with pytest.raises(NotRecordedError, match="no summary call with this prompt"):
-        distill(Ledger(None, recorded=recorded), LearningSettings(agent_objective="Other."), samples(), {}, 5)
+        distill(Ledger(None, recorded=recorded), other, samples(), LIBRARY, 5, near=near)
 
 
 def test_a_resumed_step_gets_its_full_attempts_after_recorded_failures() -> None:
     failing = Ledger(ScriptedLLM({**GOOD_SCRIPT, "advantage": "nothing"}))
     with pytest.raises(StepFailedError):
-        distill(failing, SETTINGS, samples(), {}, 1)
+        distill(failing, SETTINGS, samples(), LIBRARY, 1, near=near_at(LIBRARY))
     llm = ScriptedLLM(GOOD_SCRIPT)
     resumed = Ledger(llm, recorded=failing.calls)
-    result = distill(resumed, SETTINGS, samples(), {}, 1)
+    result = distill(resumed, SETTINGS, samples(), LIBRARY, 1, near=near_at(LIBRARY))
     assert result.operations and llm.calls == ["advantage", "operations"]
 
 
@@ -297,6 +383,7 @@ def test_learning_settings_are_validated_with_a_clear_reason() -> None:
         ({"update_window_seconds": -1}, "update_window_seconds"),
         ({"update_window_groups": 2.5}, "update_window_groups"),
         ({"agent_objective": " "}, "agent_objective must be a text"),
+        ({"close_distance": 2.5}, "close_distance must be a cosine distance from 0 to 2"),
     ]
     for values, problem in cases:
         with pytest.raises(SettingError, match=problem):

@@ -49,6 +49,7 @@ class FakeLocalLLM:
         schema: Mapping[str, Any] | None = None,
         max_tokens: int = 512,
         temperature: float = 0.0,
+        seed: int | None = None,
     ) -> Completion:
         return Completion("", None, self.model, 0, 0, 0.0, None)
 

@@ -14,7 +14,8 @@ COPY pyproject.toml README.md ./
 COPY daemon ./daemon
 COPY workers ./workers
 COPY schema ./schema
-RUN pip install --no-cache-dir ".[${EXTRAS}]" \
+COPY sdk ./sdk
+RUN pip install --no-cache-dir ./sdk ".[${EXTRAS}]" \
     && mkdir -p /var/lib/grpod && chown grpod /var/lib/grpod
 
 USER grpod

@@ -9,13 +9,13 @@ What it measures, in one embedded PostgreSQL with pgvector:
   by embedding, so that they form one group), each with a tool-using
   trajectory that looks the answer up (reward 1) or guesses (reward 0; rewards 1, 0, 1, 0, 0.5),
   stored through the ingest path and grouped by ``grouping_store.group_domain`` (untimed);
-- **live**: ``distillation_store.distil_group(conn, llm, group)`` per ready group with the bundled
+- **live**: ``distillation_store.distill_group(conn, llm, group)`` per ready group with the bundled
   SmolLM2-135M-Instruct (llama.cpp, 2 threads), as the distillation task runs it: G summaries
   (concurrent), the group advantage, the operations, every call written to the ledger. The LLM
   is wrapped to record when each call starts and ends; "inside the LLM" is the union of those
   intervals, "outside" the rest of the wall time (prompt rendering, parsing, validation, the
   ledger and the distillation's own reads and writes). Goal: outside under 5%;
-- **replay**: ``distillation_store.replay(conn, id)`` of the same distillation: the same code path
+- **replay**: ``replay.replay(conn, id)`` of the same distillation: the same code path
   from the recorded responses, with no LLM: what a distillation costs besides the model;
 - **window**: ``run_window(..., force=True)`` once all groups are distilled: one version, with one
   consolidation call when more than one group proposed changes.
@@ -48,8 +48,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from embedded_postgres import Postgres
 
-from grpod.daemon.events import Limits
-from grpod.workers import distillation_store, grouping_store
+from grpod.schema.events import Limits
+from grpod.workers import distillation_store, grouping_store, replay, update_window
 from grpod.workers.embeddings import LocalEmbedder
 from grpod.workers.ingest import Incoming, store_isolating_failures
 from grpod.workers.llm import LLM, Completion, LocalLLM
@@ -188,7 +188,7 @@ def trace_events(groups: int, embedder: LocalEmbedder) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--groups", type=int, default=6, help="groups of G=5 to distil (default 6)")
+    parser.add_argument("--groups", type=int, default=6, help="groups of G=5 to distill (default 6)")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="grpod-bench-distill-"))
@@ -209,16 +209,16 @@ def main() -> None:
             llm = TimedLLM(LocalLLM())
             print(f"model loaded in {time.perf_counter() - loaded:.1f} s", file=sys.stderr)
             rows = []
-            while todo := distillation_store.groups_to_distil(conn, "support", limit=1):
+            while todo := distillation_store.groups_to_distill(conn, "support", limit=1):
                 ((group_id, _),) = todo
                 start = time.perf_counter()
-                run = distillation_store.distil_group(conn, llm, embedder, group_id)
+                run = distillation_store.distill_group(conn, llm, embedder, group_id)
                 end = time.perf_counter()
                 if run.status != "distilled" or run.id is None:
                     print(f"group {group_id}: {run.status}: {run.reason}", file=sys.stderr)
                     break
                 replay_start = time.perf_counter()
-                replayed = distillation_store.replay(conn, run.id)
+                replayed = replay.replay(conn, run.id)
                 replay_seconds = time.perf_counter() - replay_start
                 assert replayed.same
                 busy = llm.busy(start, end)
@@ -237,7 +237,7 @@ def main() -> None:
                     file=sys.stderr,
                 )
             window_start = time.perf_counter()
-            window = distillation_store.run_window(conn, llm, "support", force=True)
+            window = update_window.run_window(conn, llm, "support", force=True)
             window_seconds = time.perf_counter() - window_start
     finally:
         postgres.close()

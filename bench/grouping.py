@@ -59,8 +59,8 @@ from psycopg import sql
 from rich.console import Console
 from rich.table import Table
 
-from grpod.daemon.events import Limits
 from grpod.daemon.logs import configure_logging
+from grpod.schema.events import Limits
 from grpod.workers import grouping_store
 from grpod.workers.embeddings import LOCAL_DIMENSION, LocalEmbedder, Vectors
 from grpod.workers.ingest import Incoming, store_isolating_failures

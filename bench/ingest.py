@@ -53,11 +53,11 @@ from kombu.connection import Connection
 from rich.console import Console
 from rich.table import Table
 
-from grpod.daemon.event_queue import spool_depth as waiting_in_spool
+from grpod.daemon.ingest import consumer_from_settings
 from grpod.daemon.logs import configure_logging
-from grpod.daemon.sdk import Client
 from grpod.daemon.settings import Settings
-from grpod.workers.ingest_consumer import IngestConsumer
+from grpod.schema.spool import spool_depth as waiting_in_spool
+from grpod.sdk import Client
 
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 BROKERS = ("rabbitmq", "spool")
@@ -291,7 +291,7 @@ def consumer_process(
     configure_logging("WARNING", "console")  # the consumer's warnings and errors still show
     try:
         settings = Settings(**settings_fields)
-        consumer = IngestConsumer.from_settings(settings, database_url, batch_size=batch_size)
+        consumer = consumer_from_settings(settings, database_url, batch_size=batch_size)
         consumer._connection()  # connect before the clock starts, as a long-running consumer would be
     except Exception as error:
         results.put({"error": f"the consumer did not start: {type(error).__name__}: {error}"})

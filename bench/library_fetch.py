@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from embedded_postgres import Postgres
 
-from grpod.daemon.events import Limits
-from grpod.daemon.sdk import LibraryCache
+from grpod.schema.events import Limits
+from grpod.sdk import LibraryCache
 from grpod.workers import library_store
 from grpod.workers.ingest import Incoming, store_isolating_failures
 from grpod.workers.operations import Operation

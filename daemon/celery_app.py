@@ -21,11 +21,11 @@ from kombu.entity import Exchange, Queue
 
 from grpod.daemon.logs import configure_logging
 from grpod.daemon.settings import Settings
-from grpod.daemon.topology import dead_letter_queue, is_rabbitmq, queue_name, quorum_arguments
+from grpod.schema.topology import dead_letter_queue, is_rabbitmq, queue_name, quorum_arguments
 
 # In pipeline order. Each stage has its own queue, so each can be scaled alone.
 STAGES: tuple[str, ...] = ("ingest", "group", "distill", "library", "maintenance")
-TASK_MODULES = ("grpod.workers.tasks",)
+TASK_MODULES = ("grpod.daemon.tasks",)
 EXPIRE_REWARDS_SECONDS = 600.0
 SWEEP_SECONDS = 60.0
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg
 from psycopg.rows import TupleRow
 
-from grpod.daemon.errors import ConfigError
-from grpod.daemon.urls import redact
+from grpod.schema.errors import ConfigError
+from grpod.schema.urls import redact
 
 __all__ = ["connect", "redact"]
 

@@ -93,8 +93,7 @@ def run_demo(settings: Settings, console: Console) -> DemoReport:
     """Run the demo in ``settings.home / demo`` (made afresh) and return what happened."""
     from grpod.daemon.embedded import embedded_database
     from grpod.daemon.migrations import migrate
-    from grpod.workers.embeddings import embedder_from_settings
-    from grpod.workers.llm import llm_from_settings
+    from grpod.daemon.ports import embedder_from_settings, llm_from_settings
 
     started = time.monotonic()
     home = settings.home / DEMO_FOLDER
@@ -119,9 +118,9 @@ def run_demo(settings: Settings, console: Console) -> DemoReport:
             for domain in DOMAINS:
                 _set_demo_settings(conn, domain)
             for domain in DOMAINS:
-                _learn(conn, llm, embedder, domain, f"[2/5] {domain}: group and distil", progress, report)
+                _learn(conn, llm, embedder, domain, f"[2/5] {domain}: group and distill", progress, report)
 
-            from grpod.daemon.library_client import LibraryCache
+            from grpod.sdk.library_cache import LibraryCache
 
             with LibraryCache(database.url) as libraries:
                 libraries.wait_listening()
@@ -178,8 +177,8 @@ def _stream(
     report: DemoReport,
 ) -> None:
     """Publish through the SDK, one event at a time as agents would, then let the consumer store them."""
-    from grpod.daemon.sdk import Client
-    from grpod.workers.ingest_consumer import IngestConsumer
+    from grpod.daemon.ingest import consumer_from_settings
+    from grpod.sdk import Client
 
     task = progress.add_task(title, total=len(events))
     with Client(settings) as client:
@@ -188,7 +187,7 @@ def _stream(
             progress.advance(task)
     report.events_sent += len(events)
     stored = progress.add_task("      ingest consumer stores them", total=len(events))
-    consumer = IngestConsumer.from_settings(settings, database_url)
+    consumer = consumer_from_settings(settings, database_url)
     stop = threading.Event()
     thread = threading.Thread(target=consumer.run, args=(stop,), kwargs={"idle_exit": 1.0})
     thread.start()
@@ -210,15 +209,15 @@ def _learn(
     progress: Progress,
     report: DemoReport,
 ) -> None:
-    """Group the domain's new traces, distil its ready groups, publish: what the workers do."""
-    from grpod.workers import distillation_store
+    """Group the domain's new traces, distill its ready groups, publish: what the workers do."""
+    from grpod.daemon import distill_domain
 
     task = progress.add_task(f"{title}", total=None)
 
     def say(what: str) -> None:
         progress.update(task, description=f"{title}: {what}")
 
-    run = distillation_store.distil_domain(conn, lambda: llm, lambda: embedder, domain, progress=say)
+    run = distill_domain.distill_domain(conn, lambda: llm, lambda: embedder, domain, progress=say)
     progress.update(task, total=1, completed=1, description=f"{title}: {len(run.distillations)} groups distilled")
     report.groups += run.grouped.new_groups
     for distillation in run.distillations:

@@ -19,10 +19,10 @@ from typing import IO, Protocol
 
 import psycopg
 
-from grpod.daemon.errors import ConfigError
 from grpod.daemon.logs import get_logger
 from grpod.daemon.settings import Settings
-from grpod.daemon.sql import load_queries
+from grpod.schema.errors import ConfigError
+from grpod.schema.sql import load_queries
 
 DATABASE_NAME = "grpod"
 

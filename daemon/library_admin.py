@@ -12,8 +12,8 @@ from typing import Any
 
 import psycopg
 
-from grpod.daemon.errors import OperatorError
-from grpod.daemon.sql import load_queries
+from grpod.schema.errors import OperatorError
+from grpod.schema.sql import load_queries
 from grpod.workers import library_store
 from grpod.workers.grouping import DomainSettings
 from grpod.workers.library import diff_libraries

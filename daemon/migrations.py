@@ -18,9 +18,9 @@ from typing import LiteralString
 import psycopg
 
 from grpod.daemon.database import connect, redact
-from grpod.daemon.errors import ConfigError
 from grpod.daemon.logs import get_logger
-from grpod.daemon.sql import load_queries
+from grpod.schema.errors import ConfigError
+from grpod.schema.sql import load_queries
 
 MIGRATIONS_PACKAGE = "grpod.schema"
 MIGRATIONS_FOLDER = "migrations"

@@ -9,9 +9,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from grpod.daemon.errors import OperatorError
 from grpod.daemon.settings import Settings
-from grpod.daemon.sql import load_queries
+from grpod.schema.errors import OperatorError
+from grpod.schema.sql import load_queries
 from grpod.workers.ingest import Incoming, store_batch
 
 QUERIES = ("grpod.schema", "queries/rejected.sql")

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import platformdirs
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -21,18 +20,17 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from grpod.daemon.errors import ConfigError
-from grpod.daemon.events import Limits
+from grpod.schema.errors import ConfigError
+from grpod.schema.events import Limits
+from grpod.schema.spool import spool_folder
+from grpod.sdk import settings as sdk_settings
+from grpod.sdk.settings import default_home
 
 ENV_PREFIX = "GRPOD_"
 CONFIG_ENV = "GRPOD_CONFIG"
 
 DATABASE_SCHEMES = ("postgresql", "postgres")
 BROKER_SCHEMES = ("amqp", "amqps", "pyamqp", "filesystem", "memory")
-
-
-def default_home() -> Path:
-    return Path(platformdirs.user_data_dir("grpod", appauthor=False))
 
 
 class Settings(BaseSettings):
@@ -82,7 +80,7 @@ class Settings(BaseSettings):
     embeddings_timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds per embeddings request.")
     embeddings_batch_size: int = Field(default=64, ge=1, le=2048, description="Texts embedded per call.")
     queue_prefix: str = Field(
-        default="grpod",
+        default=sdk_settings.QUEUE_PREFIX,
         pattern=r"^[a-z][a-z0-9_.-]{0,31}$",
         description="Prefix of every queue and exchange name on the broker.",
     )
@@ -104,7 +102,7 @@ class Settings(BaseSettings):
         default=600, ge=1, description="Upper bound in seconds of the exponential retry backoff."
     )
     delivery_limit: int = Field(
-        default=5,
+        default=sdk_settings.DELIVERY_LIMIT,
         ge=1,
         le=100,
         description="Deliveries of one message before RabbitMQ dead-letters it (quorum queues).",
@@ -119,10 +117,10 @@ class Settings(BaseSettings):
         default=30.0, gt=0, le=3600, description="How often beat asks a worker to record that both are alive."
     )
     max_event_bytes: int = Field(
-        default=1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest accepted event, in bytes."
+        default=Limits.max_event_bytes, ge=1024, le=64 * 1024 * 1024, description="Largest accepted event, in bytes."
     )
     max_query_bytes: int = Field(
-        default=32 * 1024, ge=64, le=16 * 1024 * 1024, description="Largest accepted query, in bytes."
+        default=Limits.max_query_bytes, ge=64, le=16 * 1024 * 1024, description="Largest accepted query, in bytes."
     )
     rejected_payload_bytes: int = Field(
         default=2 * 1024 * 1024,
@@ -141,10 +139,16 @@ class Settings(BaseSettings):
         default=0.2, gt=0, le=60, description="Longest wait to fill a batch before storing what has come."
     )
     publish_timeout: float = Field(
-        default=5.0, gt=0, le=300, description="SDK: seconds to wait for the broker to confirm a publish."
+        default=sdk_settings.PUBLISH_TIMEOUT,
+        gt=0,
+        le=300,
+        description="SDK: seconds to wait for the broker to confirm a publish.",
     )
     publish_retries: int = Field(
-        default=3, ge=0, le=20, description="SDK: attempts after the first before a publish fails."
+        default=sdk_settings.PUBLISH_RETRIES,
+        ge=0,
+        le=20,
+        description="SDK: attempts after the first before a publish fails.",
     )
     database_connect_timeout: int = Field(
         default=10, ge=1, le=300, description="Seconds to wait for PostgreSQL to answer."
@@ -226,7 +230,7 @@ class Settings(BaseSettings):
     @property
     def event_spool(self) -> Path:
         """Where the embedded broker keeps events waiting to be ingested."""
-        return self.broker_folder / "events"
+        return spool_folder(self.home)
 
     def limits(self) -> Limits:
         return Limits(max_event_bytes=self.max_event_bytes, max_query_bytes=self.max_query_bytes)

@@ -10,10 +10,10 @@ from typing import Any
 import psycopg
 
 from grpod.daemon.database import connect, redact
-from grpod.daemon.event_queue import spool_depth
 from grpod.daemon.settings import Settings
-from grpod.daemon.sql import load_queries
-from grpod.daemon.topology import events_queue, is_rabbitmq, queue_name
+from grpod.schema.spool import spool_depth
+from grpod.schema.sql import load_queries
+from grpod.schema.topology import events_queue, is_rabbitmq, queue_name
 from grpod.workers.maintenance import fetch_heartbeats
 
 STATS = ("grpod.schema", "queries/stats.sql")

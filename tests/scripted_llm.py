@@ -18,7 +18,7 @@ Answer = str | Callable[[Sequence[Mapping[str, str]]], str]
 STEP_MARKERS = {
     "summary": "Summarise the attempt",
     "advantage": "State at most",
-    "operations": "Decide how the candidate experiences change the library",
+    "operations": "Decide how the new experiences change the library",
     "consolidation": "Merge them into one consistent set",
 }
 

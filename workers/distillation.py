@@ -24,7 +24,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from grpod.daemon.library_view import experience_lines
+from grpod.schema.errors import SettingError
+from grpod.schema.library import experience_lines
 from grpod.workers.llm import Completion, extract_json
 from grpod.workers.operations import (
     MIN_WORDS,
@@ -48,10 +49,6 @@ FEEDBACK_CHARS = 1000
 CLOSE_DISTANCE = 0.4  # measured on rule pairs with the bundled MiniLM (README, "Distillation")
 
 
-class SettingError(ValueError):
-    """A domain's learning setting is out of range; the message says which and what is allowed."""
-
-
 @dataclass(frozen=True)
 class LearningSettings:
     """A domain's distillation settings (stored with its grouping settings; these are the defaults)."""
@@ -64,8 +61,8 @@ class LearningSettings:
     experience_max_words: int = 32
     update_window_seconds: float = 60.0  # distillations of a domain wait this long to be published together
     update_window_groups: int = 4  # ... or until this many are waiting
-    # A candidate with no experience within this cosine distance is new: it is added without an
-    # operations call. Closer, the operations step decides how it changes the library.
+    # A new experience with no experience of the library within this cosine distance is added
+    # without an operations call. Closer, the operations step decides how it changes the library.
     close_distance: float = CLOSE_DISTANCE
 
     FIELDS = (
@@ -145,12 +142,12 @@ class Sample:
         }
 
 
-def pick_samples(candidates: Sequence[Sample], size: int) -> list[Sample]:
+def pick_samples(pool: Sequence[Sample], size: int) -> list[Sample]:
     """``size`` samples of a group, spread over its rewards: the best and the worst are always in.
 
-    Deterministic: the same candidates give the same pick (so a retry has the same input key).
+    Deterministic: the same pool gives the same pick (so a retry has the same input key).
     """
-    ordered = sorted(candidates, key=lambda sample: (sample.reward, sample.trace_id))
+    ordered = sorted(pool, key=lambda sample: (sample.reward, sample.trace_id))
     if len(ordered) <= size:
         return ordered
     if size == 1:
@@ -282,7 +279,9 @@ def advantage_messages(
     )
 
 
-def operations_messages(settings: LearningSettings, candidates: Sequence[str], library: Mapping[int, str]) -> Messages:
+def operations_messages(
+    settings: LearningSettings, new_experiences: Sequence[str], library: Mapping[int, str]
+) -> Messages:
     return render(
         "operations",
         {
@@ -290,7 +289,7 @@ def operations_messages(settings: LearningSettings, candidates: Sequence[str], l
             "learning_objective": settings.learning_objective,
             "max_words": settings.experience_max_words,
             "library": render_library(library),
-            "candidates": "\n".join(f"- {text}" for text in candidates),
+            "new_experiences": "\n".join(f"- {text}" for text in new_experiences),
         },
     )
 
@@ -430,7 +429,7 @@ def read_summary(completion: Completion) -> str | None:
     return text or None
 
 
-def read_experiences(completion: Completion, settings: LearningSettings) -> list[str] | None:
+def read_new_experiences(completion: Completion, settings: LearningSettings) -> list[str] | None:
     """The new experiences of a group-advantage answer: texts, cut to the word limit, at most K, no repeats.
 
     An empty list is a valid answer (the group taught nothing new); no list at all is not.
@@ -453,9 +452,9 @@ def read_experiences(completion: Completion, settings: LearningSettings) -> list
     return texts[: settings.max_new_experiences]
 
 
-# Which candidates are new ------------------------------------------------------------------------
+# Which new experiences need the operations step -------------------------------------------------
 
-Neighbour = tuple[int, float]  # the nearest experience's id and its cosine distance to a candidate
+Neighbour = tuple[int, float]  # the nearest experience's id and its cosine distance to a new experience
 Vectors = npt.NDArray[np.float32]
 
 
@@ -476,27 +475,27 @@ def nearest(texts: Vectors, experiences: Vectors, ids: Sequence[int]) -> list[Ne
 
 @dataclass(frozen=True)
 class Triage:
-    new: list[str]  # no experience is close: each is an ADD, without an operations call
+    far: list[str]  # no experience of the library is close: each is an ADD, without an operations call
     close: list[str]  # the operations step decides what each changes
     notes: list[Note]
 
 
-def triage(candidates: Sequence[str], neighbours: Sequence[Neighbour | None], close_distance: float) -> Triage:
-    """Split the candidates by whether an existing experience is within ``close_distance``."""
-    new: list[str] = []
+def triage(new_experiences: Sequence[str], neighbours: Sequence[Neighbour | None], close_distance: float) -> Triage:
+    """Split the new experiences by whether an experience of the library is within ``close_distance``."""
+    far: list[str] = []
     close: list[str] = []
     notes: list[Note] = []
-    for text, neighbour in zip(candidates, neighbours, strict=True):
+    for text, neighbour in zip(new_experiences, neighbours, strict=True):
         if neighbour is not None and neighbour[1] < close_distance:
             close.append(text)
             continue
-        new.append(text)
+        far.append(text)
         seen = (
             "the library is empty" if neighbour is None else f"the nearest, [{neighbour[0]}], is at {neighbour[1]:.2f}"
         )
         why = f"no experience within cosine distance {close_distance:g} ({seen}): added without an operations call"
         notes.append(Note(f"ADD {text}"[:200], "added", why))
-    return Triage(new, close, notes)
+    return Triage(far, close, notes)
 
 
 # The steps --------------------------------------------------------------------------------------
@@ -505,10 +504,10 @@ def triage(candidates: Sequence[str], neighbours: Sequence[Neighbour | None], cl
 @dataclass(frozen=True)
 class Distilled:
     summaries: list[str]
-    candidates: list[str]
+    new_experiences: list[str]  # what the group advantage stated
     operations: list[Operation]
     notes: list[Note] = field(default_factory=list)
-    neighbours: list[Neighbour | None] = field(default_factory=list)  # per candidate, what the triage saw
+    neighbours: list[Neighbour | None] = field(default_factory=list)  # per new experience, what the triage saw
 
 
 def distill(
@@ -523,9 +522,9 @@ def distill(
 ) -> Distilled:
     """Summaries (concurrent), the group advantage, and the operations for one group.
 
-    A candidate that no experience is close to (by ``near``) is an ADD without an operations call;
-    the operations step decides for the others, and when its answer stays unusable they change
-    nothing, so no usable candidate is lost to a bad operations answer. Raises
+    A new experience that no experience of the library is close to (by ``near``) is an ADD without
+    an operations call; the operations step decides for the others, and when its answer stays
+    unusable they change nothing, so no usable experience is lost to a bad operations answer. Raises
     ``StepFailedError`` when the summaries or the group advantage cannot be used after their retries.
     """
     if not samples:
@@ -541,20 +540,20 @@ def distill(
         summaries = list(executor.map(summarise, samples))
 
     k = settings.max_new_experiences
-    candidates: list[str] = _ask_until(
+    new_experiences: list[str] = _ask_until(
         ask,
         "advantage",
         advantage_messages(settings, samples, summaries, library),
         advantage_schema(settings),
         64 + k * settings.experience_max_words * 3,
-        lambda completion: read_experiences(completion, settings),
+        lambda completion: read_new_experiences(completion, settings),
     )
-    if not candidates:
+    if not new_experiences:
         return Distilled(summaries, [], [], [])
 
-    neighbours = list(near(candidates))
-    split = triage(candidates, neighbours, settings.close_distance)
-    proposed = [Operation("ADD", text, reason="no experience is close to it") for text in split.new]
+    neighbours = list(near(new_experiences))
+    split = triage(new_experiences, neighbours, settings.close_distance)
+    proposed = [Operation("ADD", text, reason="no experience is close to it") for text in split.far]
     notes = list(split.notes)
     if split.close:
         try:
@@ -571,7 +570,7 @@ def distill(
                 [],
                 [
                     Note(
-                        f"candidate {text}"[:200],
+                        f"new experience {text}"[:200],
                         "dropped",
                         f"{error}; an experience is close to it, so nothing changes",
                     )
@@ -582,7 +581,7 @@ def distill(
         notes += parse_notes
     valid, validation_notes = validate(proposed, library, settings.experience_max_words)
     stamped = [replace(operation, sources=(distillation_id,)) for operation in valid]
-    return Distilled(summaries, candidates, stamped, notes + validation_notes, neighbours)
+    return Distilled(summaries, new_experiences, stamped, notes + validation_notes, neighbours)
 
 
 def _read_operations(completion: Completion) -> tuple[list[Operation], list[Note]] | None:

@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from grpod.daemon import resources
-from grpod.daemon.errors import ConfigError
-from grpod.daemon.settings import Settings
-from grpod.daemon.urls import redact
+from grpod.schema.errors import ConfigError
+from grpod.schema.urls import redact
 from grpod.workers import openai_api
 
 if TYPE_CHECKING:
@@ -271,44 +268,3 @@ class OpenAIEmbedder:
 
     def __repr__(self) -> str:
         return f"OpenAIEmbedder(url={redact(self.url)!r}, model={self.model!r}, batch_size={self.batch_size})"
-
-
-# Choosing the adapter -----------------------------------------------------
-
-
-def embedder_from_settings(settings: Settings) -> Embedder:
-    """The embedder GRPOD_EMBEDDINGS names: the bundled model, or the API at that URL."""
-    if settings.embeddings == LOCAL:
-        return LocalEmbedder(batch_size=settings.embeddings_batch_size)
-    if not settings.embeddings_model:
-        raise ConfigError(
-            f"GRPOD_EMBEDDINGS_MODEL must name the model at GRPOD_EMBEDDINGS={redact(settings.embeddings)}; "
-            "set it (for example GRPOD_EMBEDDINGS_MODEL=text-embedding-3-small) or set GRPOD_EMBEDDINGS=local "
-            "to use the bundled model."
-        )
-    api_key = settings.embeddings_api_key or settings.llm_api_key
-    return OpenAIEmbedder(
-        base_url=settings.embeddings,
-        model=settings.embeddings_model,
-        api_key=api_key.get_secret_value() if api_key is not None else None,
-        timeout=settings.embeddings_timeout,
-        batch_size=settings.embeddings_batch_size,
-    )
-
-
-@cache
-def process_embedder() -> Embedder:
-    """This process's embedder, built on first use (a worker loads the model once).
-
-    Forgotten in a forked child, which builds its own. Two threads of a
-    ``threads`` pool that ask at the same moment may each build one; one is kept.
-    """
-    return embedder_from_settings(resources.settings())
-
-
-def forget() -> None:
-    """Drop the process's embedder (after a fork, or when a test changes the settings)."""
-    process_embedder.cache_clear()
-
-
-os.register_at_fork(after_in_child=forget)

@@ -16,6 +16,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from grpod.schema.errors import SettingError
+
 Vector = npt.NDArray[np.float32]
 Combination = Literal["mean", "min", "max", "latest"]
 COMBINATIONS: tuple[Combination, ...] = ("mean", "min", "max", "latest")
@@ -46,10 +48,6 @@ class DomainSettings:
             "reward_spread": self.reward_spread,
             "reward_combination": self.reward_combination,
         }
-
-
-class SettingError(ValueError):
-    """A domain setting is out of range; the message says which and what is allowed."""
 
 
 def validated_settings(threshold: object, size: object, spread: object, combination: object) -> DomainSettings:

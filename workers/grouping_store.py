@@ -19,8 +19,8 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
-from grpod.daemon.errors import OperatorError
-from grpod.daemon.sql import load_queries
+from grpod.schema.errors import OperatorError
+from grpod.schema.sql import load_queries
 from grpod.workers.grouping import (
     DomainSettings,
     Member,
@@ -152,12 +152,12 @@ def place(
             group_id: int | None = None
             row = conn.execute(nearest_query, {"domain": domain, "vector": vector}).fetchone()
             if row is not None:
-                candidate = int(row[0])
-                centroid, size = touched.get(candidate, (as_array(row[2]), int(row[1])))
-                distance = cosine_distance(centroid, vector) if candidate in touched else float(row[3])
+                nearest_group = int(row[0])
+                centroid, size = touched.get(nearest_group, (as_array(row[2]), int(row[1])))
+                distance = cosine_distance(centroid, vector) if nearest_group in touched else float(row[3])
                 if joins_nearest(distance, settings.group_threshold):
-                    group_id = candidate
-                    touched[candidate] = (moved_centroid(centroid, size, vector), size + 1)
+                    group_id = nearest_group
+                    touched[nearest_group] = (moved_centroid(centroid, size, vector), size + 1)
             if group_id is None:
                 created = conn.execute(
                     queries["create_group"], {"domain": domain, "dimension": dimension, "vector": vector}

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from grpod.daemon.events import (
+from grpod.schema.events import (
     Accepted,
     Limits,
     Parsed,
@@ -28,7 +28,7 @@ from grpod.daemon.events import (
     TraceEvent,
     parse_event,
 )
-from grpod.daemon.sql import load_queries
+from grpod.schema.sql import load_queries
 
 QUERIES = ("grpod.schema", "queries/ingest.sql")
 
@@ -42,7 +42,7 @@ class Incoming:
 
 
 @dataclass(frozen=True)
-class Candidate:
+class Insertion:
     """An accepted event that is new within its batch and may be new to the database."""
 
     index: int
@@ -52,8 +52,8 @@ class Candidate:
 
 @dataclass
 class BatchPlan:
-    traces: list[Candidate] = field(default_factory=list)
-    rewards: list[Candidate] = field(default_factory=list)
+    traces: list[Insertion] = field(default_factory=list)
+    rewards: list[Insertion] = field(default_factory=list)
     duplicates: list[int] = field(default_factory=list)
     rejections: dict[int, Rejection] = field(default_factory=dict)
 
@@ -93,7 +93,7 @@ def conflict(event: TraceEvent | RewardEvent) -> Rejection:
 
 
 def plan_batch(parsed: Sequence[Parsed]) -> BatchPlan:
-    """Split a parsed batch into new candidates, in-batch duplicates and rejections."""
+    """Split a parsed batch into new insertions, in-batch duplicates and rejections."""
     plan = BatchPlan()
     seen: dict[Hashable, bytes] = {}
     for index, item in enumerate(parsed):
@@ -106,7 +106,7 @@ def plan_batch(parsed: Sequence[Parsed]) -> BatchPlan:
         if earlier is None:
             seen[key] = item.content_hash
             target = plan.traces if isinstance(event, TraceEvent) else plan.rewards
-            target.append(Candidate(index=index, key=event_key(event), content_hash=item.content_hash))
+            target.append(Insertion(index=index, key=event_key(event), content_hash=item.content_hash))
         elif earlier == item.content_hash:
             plan.duplicates.append(index)
         else:
@@ -115,17 +115,17 @@ def plan_batch(parsed: Sequence[Parsed]) -> BatchPlan:
 
 
 def split_existing(
-    candidates: Sequence[Candidate], inserted: set[Hashable], stored_hashes: dict[Hashable, bytes]
-) -> tuple[list[Candidate], list[Candidate], list[Candidate]]:
-    """Which candidates were stored now, were duplicates of stored ones, or conflict with them."""
+    insertions: Sequence[Insertion], inserted: set[Hashable], stored_hashes: dict[Hashable, bytes]
+) -> tuple[list[Insertion], list[Insertion], list[Insertion]]:
+    """Which insertions were stored now, were duplicates of stored ones, or conflict with them."""
     new, duplicates, conflicts = [], [], []
-    for candidate in candidates:
-        if candidate.key in inserted:
-            new.append(candidate)
-        elif stored_hashes.get(candidate.key) == candidate.content_hash:
-            duplicates.append(candidate)
+    for insertion in insertions:
+        if insertion.key in inserted:
+            new.append(insertion)
+        elif stored_hashes.get(insertion.key) == insertion.content_hash:
+            duplicates.append(insertion)
         else:
-            conflicts.append(candidate)
+            conflicts.append(insertion)
     return new, duplicates, conflicts
 
 
@@ -171,10 +171,10 @@ def store_batch(
             stored = _stored_hashes(cursor, queries["trace_hashes"], plan.traces, inserted, rewards=False)
             new, duplicates, conflicts = split_existing(plan.traces, inserted, stored)
             outcome.duplicates += len(duplicates)
-            for candidate in conflicts:
-                plan.rejections[candidate.index] = conflict(_accepted(parsed, candidate.index))
-            for candidate in new:
-                event = _accepted(parsed, candidate.index)
+            for insertion in conflicts:
+                plan.rejections[insertion.index] = conflict(_accepted(parsed, insertion.index))
+            for insertion in new:
+                event = _accepted(parsed, insertion.index)
                 assert isinstance(event, TraceEvent)
                 outcome.stored_traces.setdefault(event.domain, []).append(event.trace_id)
             outcome.accepted += len(new)
@@ -187,10 +187,10 @@ def store_batch(
             stored = _stored_hashes(cursor, queries["reward_hashes"], plan.rewards, inserted, rewards=True)
             new, duplicates, conflicts = split_existing(plan.rewards, inserted, stored)
             outcome.duplicates += len(duplicates)
-            for candidate in conflicts:
-                plan.rejections[candidate.index] = conflict(_accepted(parsed, candidate.index))
+            for insertion in conflicts:
+                plan.rejections[insertion.index] = conflict(_accepted(parsed, insertion.index))
             outcome.rewarded_traces.extend(
-                str(candidate.key[0]) for candidate in new if isinstance(candidate.key, tuple)
+                str(insertion.key[0]) for insertion in new if isinstance(insertion.key, tuple)
             )
             outcome.accepted += len(new)
         if plan.rejections:
@@ -223,12 +223,12 @@ def insert_rejections(
 def _stored_hashes(
     cursor: psycopg.Cursor[Any],
     query: Any,
-    candidates: Sequence[Candidate],
+    insertions: Sequence[Insertion],
     inserted: set[Hashable],
     *,
     rewards: bool,
 ) -> dict[Hashable, bytes]:
-    missing = [c.key for c in candidates if c.key not in inserted]
+    missing = [c.key for c in insertions if c.key not in inserted]
     if not missing:
         return {}
     if rewards:
@@ -239,9 +239,9 @@ def _stored_hashes(
     return {row[0]: bytes(row[1]) for row in cursor.fetchall()}
 
 
-def _trace_rows(parsed: Sequence[Parsed], candidates: Sequence[Candidate]) -> Iterator[tuple[Any, ...]]:
-    for candidate in candidates:
-        item = parsed[candidate.index]
+def _trace_rows(parsed: Sequence[Parsed], insertions: Sequence[Insertion]) -> Iterator[tuple[Any, ...]]:
+    for insertion in insertions:
+        item = parsed[insertion.index]
         assert isinstance(item, Accepted) and isinstance(item.event, TraceEvent)
         event = item.event
         yield (
@@ -253,13 +253,13 @@ def _trace_rows(parsed: Sequence[Parsed], candidates: Sequence[Candidate]) -> It
             event.library_version,
             _json_or_none(event.metadata),
             event.created_at,
-            candidate.content_hash,
+            insertion.content_hash,
         )
 
 
-def _reward_rows(parsed: Sequence[Parsed], candidates: Sequence[Candidate]) -> Iterator[tuple[Any, ...]]:
-    for candidate in candidates:
-        item = parsed[candidate.index]
+def _reward_rows(parsed: Sequence[Parsed], insertions: Sequence[Insertion]) -> Iterator[tuple[Any, ...]]:
+    for insertion in insertions:
+        item = parsed[insertion.index]
         assert isinstance(item, Accepted) and isinstance(item.event, RewardEvent)
         event = item.event
         yield (
@@ -269,7 +269,7 @@ def _reward_rows(parsed: Sequence[Parsed], candidates: Sequence[Candidate]) -> I
             event.critique,
             event.ground_truth,
             event.created_at,
-            candidate.content_hash,
+            insertion.content_hash,
         )
 
 

@@ -21,22 +21,13 @@ from typing import Any
 import psycopg
 import structlog
 
-from grpod.daemon.event_queue import AmqpSource, Delivery, EventSource, SpoolSource
-from grpod.daemon.events import Limits, Rejection, RejectReason
-from grpod.daemon.settings import Settings
-from grpod.daemon.topology import is_rabbitmq
+from grpod.schema.events import Limits, Rejection, RejectReason
+from grpod.workers.event_source import Delivery, EventSource
 from grpod.workers.ingest import BatchOutcome, Incoming, insert_rejections, store_isolating_failures
 
 log = structlog.stdlib.get_logger(__name__)
 
 StoredTraces = Callable[[BatchOutcome], None]  # told after each committed batch
-
-
-def open_source(settings: Settings, prefetch: int) -> EventSource:
-    url = settings.broker_url
-    if url is not None and is_rabbitmq(url):
-        return AmqpSource(url, settings.queue_prefix, settings.delivery_limit, prefetch=prefetch)
-    return SpoolSource(settings.event_spool, settings.delivery_limit)
 
 
 @dataclass
@@ -53,22 +44,6 @@ class IngestConsumer:
     def __post_init__(self) -> None:
         self.totals = BatchOutcome()
         self._conn: psycopg.Connection[Any] | None = None
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, database_url: str, on_stored: StoredTraces | None = None, batch_size: int | None = None
-    ) -> IngestConsumer:
-        size = batch_size or settings.ingest_batch_size
-        return cls(
-            source=open_source(settings, prefetch=size * 2),
-            database_url=database_url,
-            limits=settings.limits(),
-            payload_limit=settings.rejected_payload_bytes,
-            batch_size=size,
-            batch_seconds=settings.ingest_batch_seconds,
-            on_stored=on_stored,
-            connect_timeout=settings.database_connect_timeout,
-        )
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -149,25 +124,3 @@ class IngestConsumer:
             with contextlib.suppress(psycopg.Error):
                 self._conn.close()
             self._conn = None
-
-
-def main() -> None:
-    """Run one ingest consumer in the foreground (``python -m grpod.workers.ingest_consumer``)."""
-    import signal
-
-    from grpod.daemon import resources
-    from grpod.daemon.logs import configure_logging
-
-    settings = resources.settings()
-    configure_logging(settings.log_level, settings.log_format)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    consumer = IngestConsumer.from_settings(settings, resources.database_url())
-    log.info("ingest consumer started")
-    totals = consumer.run(stop)
-    log.info("ingest consumer stopped", accepted=totals.accepted, duplicates=totals.duplicates)
-
-
-if __name__ == "__main__":
-    main()

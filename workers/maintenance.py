@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
-from grpod.daemon.sql import load_queries
+from grpod.schema.sql import load_queries
 
 QUERIES = ("grpod.schema", "queries/heartbeats.sql")
 PROCESS_STARTED_AT = datetime.now(UTC)

@@ -20,16 +20,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from grpod.schema.errors import SettingError
+
 Policy = Literal["auto", "gated"]
 POLICIES: tuple[Policy, ...] = ("auto", "gated")
 MAX_LOOKS = 10
 # The smallest look: below about 10 rewarded traces the variance estimates are too rough for the
 # error bound to hold (measured: a false-promotion rate of 0.17 at 2 and 0.08 at 5, for alpha 0.05).
 MIN_LOOK = 10
-
-
-class SettingError(ValueError):
-    """A domain's publishing setting is out of range; the message says which and what is allowed."""
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
--- name: group_to_distil
+-- name: group_to_distill
 -- A group with its domain, settings, whether it is marked ready and whether its domain is frozen.
 SELECT g.domain, d.settings, g.ready_at IS NOT NULL, d.frozen_at IS NOT NULL
 FROM groups g JOIN domains d ON d.name = g.domain
 WHERE g.id = %(group_id)s;
 
--- name: group_candidates
+-- name: group_samples
 -- A group's rewarded traces that no distillation has used, with their rewards per source.
 SELECT t.trace_id, t.query, t.trajectory, t.answer,
        array_agg(r.source ORDER BY r.source), array_agg(r.value ORDER BY r.source),
@@ -57,7 +57,7 @@ RETURNING id;
 -- name: finish_distillation
 -- A distillation's result; its operations now wait for the domain's update window.
 UPDATE distillations
-SET status = 'distilled', summaries = %(summaries)s, candidates = %(candidates)s, operations = %(operations)s,
+SET status = 'distilled', summaries = %(summaries)s, new_experiences = %(new_experiences)s, operations = %(operations)s,
     notes = %(notes)s, neighbours = %(neighbours)s, finished_at = now()
 WHERE id = %(id)s AND status = 'running';
 
@@ -96,7 +96,7 @@ FROM distillations d JOIN domains s ON s.name = d.domain
 WHERE d.status = 'distilled' AND s.frozen_at IS NULL
 GROUP BY d.domain, s.settings;
 
--- name: groups_to_distil
+-- name: groups_to_distill
 -- Ready groups (of one domain, or of all) marked at least min_age seconds ago, with no failed
 -- distillation backing off.
 SELECT g.id, g.domain FROM groups g
@@ -112,7 +112,7 @@ LIMIT %(limit)s;
 
 -- name: distillation
 -- One distillation, for a report or a replay.
-SELECT id, domain, group_id, parent_version, samples, settings, status, attempts, error, summaries, candidates,
+SELECT id, domain, group_id, parent_version, samples, settings, status, attempts, error, summaries, new_experiences,
        operations, notes, neighbours, version, created_at, finished_at
 FROM distillations WHERE id = %(id)s;
 

@@ -56,7 +56,7 @@ def test_distill_a_domain_then_replay_it_from_the_ledger(tmp_path: Path, databas
     # Nothing is ready any more: a second run says so and changes nothing.
     second = run_grpod(["distill", "support"], env, timeout=300)
     assert second.returncode == 0, second.stderr
-    assert "no group is ready to distil" in second.stdout
+    assert "no group is ready to distill" in second.stdout
 
 
 def test_distill_refuses_what_it_cannot_do_in_one_sentence(tmp_path: Path, database_url: str) -> None:
@@ -65,7 +65,7 @@ def test_distill_refuses_what_it_cannot_do_in_one_sentence(tmp_path: Path, datab
     assert run_grpod(["ingest", str(tmp_path / "one.jsonl")], env).returncode == 0
     for args, message in [
         (["distill", "nowhere"], "grpod: there is no domain 'nowhere'; `grpod domains` lists them."),
-        (["distill"], "grpod: give either a DOMAIN to distil or --replay ID, not both or neither."),
+        (["distill"], "grpod: give either a DOMAIN to distill or --replay ID, not both or neither."),
         (
             ["distill", "--replay", "77"],
             "grpod: there is no distillation 77; each run of `grpod distill DOMAIN` prints the ids of its "
@@ -84,7 +84,7 @@ def test_distill_refuses_what_it_cannot_do_in_one_sentence(tmp_path: Path, datab
     nothing = run_grpod(["distill", "support"], env, timeout=300)  # groups the trace; nothing is ready
     assert nothing.returncode == 0, nothing.stderr
     assert "grouped 1 waiting traces (1 new groups)" in nothing.stdout
-    assert "no group is ready to distil" in nothing.stdout
+    assert "no group is ready to distill" in nothing.stdout
     groups = json.loads(run_grpod(["groups", "support", "--json"], env).stdout)
     (group,) = groups
     not_ready = run_grpod(["distill", "support", "--group", str(group["id"])], env, timeout=300)

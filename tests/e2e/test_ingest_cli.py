@@ -116,14 +116,14 @@ def test_migrate_declares_the_queues_so_any_amqp_client_can_publish_before_a_wor
 
     from kombu.connection import Connection
 
+    from grpod.daemon.ingest import consumer_from_settings
     from grpod.daemon.settings import Settings
-    from grpod.workers.ingest_consumer import IngestConsumer
 
     prefix = f"grpodtest.{uuid.uuid4().hex[:10]}"
     env = grpod_env(tmp_path / "home", database_url=database_url, broker_url=rabbitmq_url, queue_prefix=prefix)
     migrated = run_grpod(["migrate", "--json"], env)
     assert migrated.returncode == 0, migrated.stderr
-    from grpod.daemon.urls import redact
+    from grpod.schema.urls import redact
 
     assert json.loads(migrated.stdout)["broker_declared"] == redact(rabbitmq_url)
     try:
@@ -136,7 +136,7 @@ def test_migrate_declares_the_queues_so_any_amqp_client_can_publish_before_a_wor
                 )
         settings = Settings(home=tmp_path / "home", broker_url=rabbitmq_url, queue_prefix=prefix)
         stop = threading.Event()
-        consumer = IngestConsumer.from_settings(settings, database_url)
+        consumer = consumer_from_settings(settings, database_url)
         thread = threading.Thread(target=consumer.run, args=(stop,), kwargs={"idle_exit": 2.0})
         thread.start()
         thread.join(timeout=60)

@@ -83,8 +83,8 @@ def test_up_can_start_again_after_a_stop(tmp_path: Path) -> None:
 
 
 def test_events_recorded_by_the_sdk_reach_the_database_through_grpod_up(tmp_path: Path) -> None:
-    from grpod.daemon.sdk import Client
     from grpod.daemon.settings import Settings
+    from grpod.sdk import Client
 
     home = tmp_path / "home"
     env = grpod_env(home, heartbeat_seconds="1", worker_concurrency="1")

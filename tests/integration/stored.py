@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from grpod.daemon.events import Limits
+from grpod.schema.events import Limits
 from grpod.workers import library_store
 from grpod.workers.ingest import Incoming, store_isolating_failures
 from grpod.workers.operations import Operation

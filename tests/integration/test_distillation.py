@@ -14,8 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from grpod.daemon.errors import OperatorError
-from grpod.workers import distillation_store, grouping_store, library_store
+from grpod.schema.errors import OperatorError
+from grpod.workers import distillation_store, grouping_store, library_store, replay, update_window
 from grpod.workers.distillation import PURPOSES
 from grpod.workers.embeddings import LocalEmbedder
 from grpod.workers.llm import LocalLLM
@@ -90,7 +90,7 @@ def test_a_full_distillation_with_the_local_model(
 ) -> None:
     group_id = ready_group(conn, embedder, "k", KEY_QUERIES)
 
-    run = distillation_store.distil_group(conn, local_llm, embedder, group_id)
+    run = distillation_store.distill_group(conn, local_llm, embedder, group_id)
 
     assert run.status in ("distilled", "failed"), run.reason
     assert run.id is not None
@@ -115,7 +115,7 @@ def test_a_full_distillation_with_the_local_model(
         assert operation.kind == "ADD" and operation.text and len(operation.text.split()) <= 32
         assert operation.sources == (run.id,)
 
-    window = distillation_store.run_window(conn, local_llm, "support", force=True)
+    window = update_window.run_window(conn, local_llm, "support", force=True)
 
     assert window.distillation_ids == [run.id]
     status = conn.execute("SELECT status, version FROM distillations WHERE id = %s", (run.id,)).fetchone()
@@ -133,7 +133,7 @@ def test_a_full_distillation_with_the_local_model(
         assert window.status == "no_change" and status == ("applied", None)
 
     # The replay runs the same steps from the recording, with no LLM, and gives the same operations.
-    replayed = distillation_store.replay(conn, run.id)
+    replayed = replay.replay(conn, run.id)
     assert replayed.same
     assert all(call.replayed for call in replayed.calls)
     assert len(replayed.calls) == len(rows)
@@ -148,7 +148,7 @@ def test_a_duplicate_or_concurrent_task_makes_no_second_distillation(
 
     def run() -> None:
         with psycopg.connect(database_url, autocommit=True) as own:
-            results.append(distillation_store.distil_group(own, llm, embedder, group_id))
+            results.append(distillation_store.distill_group(own, llm, embedder, group_id))
 
     threads = [threading.Thread(target=run) for _ in range(3)]
     for thread in threads:
@@ -160,12 +160,12 @@ def test_a_duplicate_or_concurrent_task_makes_no_second_distillation(
     assert conn.execute("SELECT count(*) FROM distillations").fetchone() == (1,)
     assert llm.calls.count("advantage") == 1
     # Redelivered afterwards: the group is no longer ready, its traces are used.
-    again = distillation_store.distil_group(conn, llm, embedder, group_id, require_marked=False)
+    again = distillation_store.distill_group(conn, llm, embedder, group_id, require_marked=False)
     assert again.status == "not_ready"
     assert conn.execute("SELECT count(*) FROM distillations").fetchone() == (1,)
 
-    first = distillation_store.run_window(conn, llm, "support", force=True)
-    second = distillation_store.run_window(conn, llm, "support", force=True)
+    first = update_window.run_window(conn, llm, "support", force=True)
+    second = update_window.run_window(conn, llm, "support", force=True)
     assert (first.status, first.version) == ("published", 1)
     assert second.status == "empty"
     assert conn.execute("SELECT count(*) FROM library_versions").fetchone() == (1,)
@@ -194,14 +194,14 @@ def test_a_window_publishes_one_version_for_several_groups_and_ids_are_never_reu
         ' {"operation": "DELETE", "id": 99, "text": null, "merged_from": [], "reason": "invented"}]}'
     )
     llm = ScriptedLLM(script)
-    a = distillation_store.distil_group(conn, llm, embedder, keys)
-    b = distillation_store.distil_group(conn, llm, embedder, exports)
+    a = distillation_store.distill_group(conn, llm, embedder, keys)
+    b = distillation_store.distill_group(conn, llm, embedder, exports)
     assert (a.status, b.status) == ("distilled", "distilled")
     assert a.id is not None and b.id is not None
 
     # Not due yet: the default window is 60 s and 4 groups.
-    assert distillation_store.run_window(conn, llm, "support").status == "waiting"
-    window = distillation_store.run_window(conn, llm, "support", force=True)
+    assert update_window.run_window(conn, llm, "support").status == "waiting"
+    window = update_window.run_window(conn, llm, "support", force=True)
 
     assert window.status == "published" and window.version == 1
     assert llm.calls.count("consolidation") == 1
@@ -258,7 +258,7 @@ def test_a_step_that_cannot_be_parsed_fails_that_distillation_only_and_a_retry_r
     broken = ScriptedLLM({**GOOD_SCRIPT, "advantage": 'Sure! {"experiences": ["When asked'})  # cut, no list
     broken.script["advantage"] = "I cannot answer in JSON, sorry."
 
-    failed = distillation_store.distil_group(conn, broken, embedder, group_id)
+    failed = distillation_store.distill_group(conn, broken, embedder, group_id)
 
     assert failed.status == "failed"
     assert "advantage step gave no usable answer after 3 attempts" in failed.reason
@@ -271,22 +271,22 @@ def test_a_step_that_cannot_be_parsed_fails_that_distillation_only_and_a_retry_r
     assert conn.execute("SELECT count(*) FROM traces WHERE used_by_distillation IS NOT NULL").fetchone() == (0,)
 
     # The sweep leaves it alone while it backs off ...
-    assert distillation_store.groups_to_distil(conn, "support") == []
+    assert distillation_store.groups_to_distill(conn, "support") == []
     conn.execute("UPDATE distillations SET next_attempt_at = now() - interval '1 second'")
-    assert distillation_store.groups_to_distil(conn, "support") == [(group_id, "support")]
+    assert distillation_store.groups_to_distill(conn, "support") == [(group_id, "support")]
 
     # ... then the retry resumes: the recorded summaries are not asked for again.
     good = ScriptedLLM(GOOD_SCRIPT)
-    retried = distillation_store.distil_group(conn, good, embedder, group_id)
+    retried = distillation_store.distill_group(conn, good, embedder, group_id)
 
     assert retried.status == "distilled" and retried.id == failed.id
     assert failed.id is not None
-    assert good.calls == ["advantage"]  # the library is empty: the candidate is added without an operations call
+    assert good.calls == ["advantage"]  # the library is empty: the new experience is added without an operations call
     assert conn.execute("SELECT attempts, status FROM distillations WHERE id = %s", (failed.id,)).fetchone() == (
         2,
         "distilled",
     )
-    replayed = distillation_store.replay(conn, failed.id)
+    replayed = replay.replay(conn, failed.id)
     assert replayed.same and [op.text for op in replayed.operations] == [op.text for op in retried.operations]
 
 
@@ -294,7 +294,7 @@ def test_bad_operations_are_repaired_or_dropped_and_recorded(
     conn: psycopg.Connection[Any], embedder: LocalEmbedder
 ) -> None:
     group_id = ready_group(conn, embedder, "k", KEY_QUERIES)
-    # An experience close to the candidate: the operations step decides.
+    # An experience close to the new one: the operations step decides.
     publish(conn, "support", [Operation("ADD", "When asked about account settings, search the documentation first.")])
     long_text = "When asked " + " ".join(f"step{i}" for i in range(60)) + " search first."
     script = {
@@ -303,7 +303,7 @@ def test_bad_operations_are_repaired_or_dropped_and_recorded(
         ' {"operation": "UPDATE", "id": "E42", "text": "When asked about keys, check the docs."},'
         ' {"operation": "FROB"}, {"operation": "ADD", "text": "' + long_text + '"}',  # cut short, no closing
     }
-    run = distillation_store.distil_group(conn, ScriptedLLM(script), embedder, group_id)
+    run = distillation_store.distill_group(conn, ScriptedLLM(script), embedder, group_id)
 
     assert run.status == "distilled"
     kinds = [(op.kind, op.experience_id) for op in run.operations]
@@ -316,15 +316,15 @@ def test_bad_operations_are_repaired_or_dropped_and_recorded(
     assert any("cut from" in why for why in whys)
     stored = conn.execute("SELECT notes, neighbours FROM distillations WHERE id = %s", (run.id,)).fetchone()
     assert stored is not None and len(stored[0]) == len(run.notes)
-    ((neighbour),) = stored[1]
+    (neighbour,) = stored[1]
     assert neighbour["id"] == 1 and neighbour["distance"] < 0.4
 
 
-def test_a_usable_candidate_is_not_lost_to_a_degenerate_operations_answer(
+def test_a_usable_new_experience_is_not_lost_to_a_degenerate_operations_answer(
     conn: psycopg.Connection[Any], embedder: LocalEmbedder
 ) -> None:
-    # The bundled model's answer to a held-out password-reset group: a usable candidate, then an
-    # operations answer that repeats itself. With nothing close in the library, the candidate is added.
+    # The bundled model's answer to a held-out password-reset group: a usable new experience, then an
+    # operations answer that repeats itself. With nothing close in the library, the experience is added.
     queries = [
         "I forgot my password, how do I reset it",
         "how can I reset my password",
@@ -333,36 +333,36 @@ def test_a_usable_candidate_is_not_lost_to_a_degenerate_operations_answer(
         "where do I change a forgotten password",
     ]
     group_id = ready_group(conn, embedder, "p", queries)
-    candidate = "When I'm trying to reset my password, I'm using a password reset link."
+    learned = "When I'm trying to reset my password, I'm using a password reset link."
     looping = "When I'm trying to reset my password, " + "I'm using " * 30
     script = {
         **GOOD_SCRIPT,
-        "advantage": json.dumps({"experiences": [candidate]}),
+        "advantage": json.dumps({"experiences": [learned]}),
         "operations": json.dumps({"operations": [{"operation": "ADD", "id": None, "text": looping, "reason": ""}]}),
     }
     llm = ScriptedLLM(script)
 
-    run = distillation_store.distil_group(conn, llm, embedder, group_id)
+    run = distillation_store.distill_group(conn, llm, embedder, group_id)
 
     assert run.status == "distilled" and "operations" not in llm.calls
-    assert [(op.kind, op.text) for op in run.operations] == [("ADD", candidate)]
+    assert [(op.kind, op.text) for op in run.operations] == [("ADD", learned)]
     assert [note.action for note in run.notes] == ["added"] and "the library is empty" in run.notes[0].why
-    window = distillation_store.run_window(conn, llm, "support", force=True)
+    window = update_window.run_window(conn, llm, "support", force=True)
     assert window.status == "published" and window.version == 1
-    assert list(library_store.load(conn, "support", 1).texts().values()) == [candidate]
+    assert list(library_store.load(conn, "support", 1).texts().values()) == [learned]
 
-    # Version 1 holds it now: the same candidate again is close, so the operations step decides;
+    # Version 1 holds it now: the same experience again is close, so the operations step decides;
     # its degenerate answer changes nothing, and says why.
     more = [f"{query} again" for query in queries]
     again = ready_group(conn, embedder, "q", more)
-    second = distillation_store.distil_group(conn, llm, embedder, again)
+    second = distillation_store.distill_group(conn, llm, embedder, again)
     assert second.status == "distilled" and llm.calls.count("operations") == 1
     assert second.operations == [] and any("repeats itself" in note.why for note in second.notes)
     assert run.id is not None and second.id is not None
     for distillation_id in (run.id, second.id):  # the replay takes the recorded neighbours
-        assert distillation_store.replay(conn, distillation_id).same
+        assert replay.replay(conn, distillation_id).same
 
 
 def test_unknown_distillation_or_unfinished_one_cannot_be_replayed(conn: psycopg.Connection[Any]) -> None:
     with pytest.raises(OperatorError, match="there is no distillation 404"):
-        distillation_store.replay(conn, 404)
+        replay.replay(conn, 404)

@@ -27,8 +27,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from grpod.workers import embeddings
-from grpod.workers.embeddings import EmbeddingError, LocalEmbedder, OpenAIEmbedder, Vectors, process_embedder
+from grpod.daemon import ports
+from grpod.daemon.ports import process_embedder
+from grpod.workers.embeddings import EmbeddingError, LocalEmbedder, OpenAIEmbedder, Vectors
 
 from .llama_server import SERVED_MODEL, Server, free_port
 from .llama_server import llama_server as start_llama_server
@@ -306,7 +307,7 @@ def test_the_process_embedder_follows_the_settings(llama_server: Server, monkeyp
     monkeypatch.setenv("GRPOD_EMBEDDINGS", llama_server.url)  # the bare root: the adapter adds /v1
     monkeypatch.setenv("GRPOD_EMBEDDINGS_MODEL", SERVED_MODEL)
     monkeypatch.setenv("GRPOD_EMBEDDINGS_BATCH_SIZE", "2")
-    embeddings.forget()
+    ports.forget()
     try:
         embedder = process_embedder()
         assert isinstance(embedder, OpenAIEmbedder)
@@ -315,4 +316,4 @@ def test_the_process_embedder_follows_the_settings(llama_server: Server, monkeyp
         assert vectors.shape == (3, SMOLLM2_DIMENSION)
         np.testing.assert_allclose(norms(vectors), 1.0, atol=1e-5)
     finally:
-        embeddings.forget()
+        ports.forget()

@@ -20,10 +20,10 @@ import psycopg
 import pytest
 from kombu.connection import Connection
 
-from grpod.daemon.event_queue import PublishError
-from grpod.daemon.sdk import Client, ValidEvent
+from grpod.daemon.ingest import consumer_from_settings
 from grpod.daemon.settings import Settings
-from grpod.workers.ingest_consumer import IngestConsumer
+from grpod.sdk import Client, ValidEvent
+from grpod.sdk.publish import PublishError
 
 from ..factories import reward, trace
 
@@ -87,7 +87,7 @@ def test_sdk_to_database_exactly_once_with_redelivery(settings: Settings, databa
         events = _events(client, 300, 200, "t")
         client.record_batch(events[:250])
         stop = threading.Event()
-        consumer = IngestConsumer.from_settings(settings, database_url, batch_size=100)
+        consumer = consumer_from_settings(settings, database_url, batch_size=100)
         thread = threading.Thread(target=consumer.run, args=(stop,))
         thread.start()
         try:
@@ -109,9 +109,7 @@ def test_a_consumer_killed_mid_batch_loses_and_duplicates_nothing(settings: Sett
     with Client(settings) as client:
         client.record_batch(_events(client, 1800, 1200, "k"))
     env = _consumer_env(settings, database_url, batch_size=200, batch_seconds=0.5)
-    first = subprocess.Popen(
-        [sys.executable, "-m", "grpod.workers.ingest_consumer"], env=env, stderr=subprocess.DEVNULL
-    )
+    first = subprocess.Popen([sys.executable, "-m", "grpod.daemon.ingest"], env=env, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         while sum(_counts(database_url)[:2]) < 400 and time.monotonic() < deadline:
@@ -123,9 +121,7 @@ def test_a_consumer_killed_mid_batch_loses_and_duplicates_nothing(settings: Sett
             first.kill()
     stored_at_kill = sum(_counts(database_url)[:2])
     assert 400 <= stored_at_kill < 3000, "the kill must land while events were still being consumed"
-    second = subprocess.Popen(
-        [sys.executable, "-m", "grpod.workers.ingest_consumer"], env=env, stderr=subprocess.DEVNULL
-    )
+    second = subprocess.Popen([sys.executable, "-m", "grpod.daemon.ingest"], env=env, stderr=subprocess.DEVNULL)
     try:
         assert _wait_for(database_url, (1800, 1200, 0), timeout=90) == (1800, 1200, 0)
     finally:
@@ -142,14 +138,14 @@ def test_a_message_whose_consumer_keeps_dying_is_dead_lettered_and_recorded(
     holding = _consumer_env(settings, database_url, batch_size=1000, batch_seconds=60)
     for _ in range(settings.delivery_limit + 1):
         consumer = subprocess.Popen(
-            [sys.executable, "-m", "grpod.workers.ingest_consumer"], env=holding, stderr=subprocess.DEVNULL
+            [sys.executable, "-m", "grpod.daemon.ingest"], env=holding, stderr=subprocess.DEVNULL
         )
         time.sleep(4)  # started, connected, message taken
         consumer.send_signal(signal.SIGKILL)
         consumer.wait(timeout=10)
     assert _counts(database_url) == (0, 0, 0)
     stop = threading.Event()
-    healthy = IngestConsumer.from_settings(settings, database_url)
+    healthy = consumer_from_settings(settings, database_url)
     thread = threading.Thread(target=healthy.run, args=(stop,))
     thread.start()
     try:

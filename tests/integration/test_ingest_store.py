@@ -8,11 +8,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from grpod.daemon.errors import OperatorError
-from grpod.daemon.events import Limits, RejectReason
 from grpod.daemon.rejected import list_rejected, replay
 from grpod.daemon.settings import Settings
 from grpod.daemon.status import domain_counts
+from grpod.schema.errors import OperatorError
+from grpod.schema.events import Limits, RejectReason
 from grpod.workers.ingest import BatchOutcome, Incoming, store_isolating_failures
 from grpod.workers.maintenance import expire_orphan_rewards
 

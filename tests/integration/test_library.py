@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from grpod.daemon import library_admin
-from grpod.daemon.errors import OperatorError
-from grpod.workers import distillation_store, library_store
+from grpod.daemon import distill_domain, library_admin
+from grpod.schema.errors import OperatorError
+from grpod.workers import library_store, update_window
 from grpod.workers.grouping import DomainSettings
 from grpod.workers.grouping_store import set_settings
 from grpod.workers.operations import Operation
@@ -164,9 +164,9 @@ def test_pin_holds_production_and_freeze_stops_learning(conn: psycopg.Connection
     library_admin.set_frozen(conn, "support", True, reason="incident 42", actor=OPERATOR)
     ingest(conn, trace("after-freeze"), reward("after-freeze", 1.0))  # events are still stored
     assert conn.execute("SELECT count(*) FROM traces WHERE trace_id = 'after-freeze'").fetchone() == (1,)
-    assert distillation_store.run_window(conn, ScriptedLLM({}), "support", force=True).status == "frozen"
+    assert update_window.run_window(conn, ScriptedLLM({}), "support", force=True).status == "frozen"
     with pytest.raises(OperatorError, match="is frozen"):
-        distillation_store.distil_domain(conn, lambda: ScriptedLLM({}), lambda: pytest.fail("no embedding"), "support")
+        distill_domain.distill_domain(conn, lambda: ScriptedLLM({}), lambda: pytest.fail("no embedding"), "support")
     library_admin.set_frozen(conn, "support", False, reason="resolved", actor=OPERATOR)
     actions = [row[0] for row in events(conn, "support")]
     assert actions[-5:] == ["unpin", "promote", "promote", "freeze", "unfreeze"]
@@ -256,7 +256,7 @@ def test_an_operator_rollback_racing_a_publish_is_consistent_and_explained(
 
     def publish_window() -> None:
         with psycopg.connect(database_url, autocommit=True) as own:
-            results["window"] = distillation_store.run_window(own, slow, "support")
+            results["window"] = update_window.run_window(own, slow, "support")
 
     def roll_back() -> None:
         with psycopg.connect(database_url, autocommit=True) as own:

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from grpod.daemon import library_admin
-from grpod.daemon.sdk import LibraryCache, LibraryUnavailableError
+from grpod.sdk import LibraryCache, LibraryUnavailableError
 from grpod.workers.operations import Operation
 
 from .stored import publish

@@ -9,8 +9,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from grpod.daemon.errors import ConfigError
 from grpod.daemon.migrations import migrate, shipped_migrations
+from grpod.schema.errors import ConfigError
 
 from ..conftest import unavailable
 

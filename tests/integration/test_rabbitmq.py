@@ -18,7 +18,7 @@ from kombu.entity import Queue
 from grpod.daemon import resources
 from grpod.daemon.celery_app import STAGES, create_app, declare_dead_letter_queue
 from grpod.daemon.settings import Settings
-from grpod.daemon.topology import dead_letter_queue
+from grpod.schema.topology import dead_letter_queue
 
 ATTEMPTS: dict[str, int] = {}
 

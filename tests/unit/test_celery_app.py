@@ -6,7 +6,7 @@ import pytest
 
 from grpod.daemon.celery_app import STAGES, create_app
 from grpod.daemon.settings import Settings
-from grpod.daemon.topology import dead_letter_queue, queue_name
+from grpod.schema.topology import dead_letter_queue, queue_name
 
 RABBIT = "amqp://guest:guest@rabbit:5672//"
 

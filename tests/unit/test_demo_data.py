@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from grpod.daemon.demo_data import DOMAINS, demo_stream
-from grpod.daemon.events import Accepted, Limits, RewardEvent, TraceEvent, parse_event
+from grpod.schema.events import Accepted, Limits, RewardEvent, TraceEvent, parse_event
 
 SEEDS = (7, 1, 2026)
 

@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
+from grpod.schema.errors import SettingError
+from grpod.schema.library import Experience
 from grpod.workers import distillation
 from grpod.workers.distillation import (
     LearningSettings,
     Near,
     Neighbour,
     Sample,
-    SettingError,
     StepFailedError,
     consolidate_window,
     distill,
@@ -27,7 +28,7 @@ from grpod.workers.distillation import (
     window_wait,
 )
 from grpod.workers.ledger import CallRecord, Ledger, NotRecordedError, prompt_hash
-from grpod.workers.library import Experience, Library, next_experiences
+from grpod.workers.library import LibraryVersion, next_experiences
 from grpod.workers.operations import Operation
 
 from ..factories import agent_trace
@@ -142,26 +143,26 @@ def test_a_distillation_makes_g_summaries_one_advantage_and_one_operations_call(
     result, llm, ledger = run(GOOD_SCRIPT, LIBRARY)
     assert sorted(llm.calls) == ["advantage", "operations"] + ["summary"] * 5
     assert [c.purpose for c in ledger.calls].count("summary") == 5
-    assert result.candidates == ["When asked about account settings, search the documentation before answering."]
+    assert result.new_experiences == ["When asked about account settings, search the documentation before answering."]
     (operation,) = result.operations
     assert (operation.kind, operation.sources) == ("ADD", (11,))
     assert result.neighbours == [(4, 0.1)]
 
 
-def test_a_candidate_no_experience_is_close_to_is_added_without_an_operations_call() -> None:
+def test_a_new_experience_no_experience_is_close_to_is_added_without_an_operations_call() -> None:
     # The operations step would answer with a degenerate ADD: it is never asked.
     looping = '{"operations": [{"operation": "ADD", "id": null, "text": "When ' + "reset " * 20 + '", "reason": ""}]}'
     for library, distance in (({}, 0.0), (LIBRARY, SETTINGS.close_distance)):
         result, llm, _ = run({**GOOD_SCRIPT, "operations": looping}, library, distance)
         assert "operations" not in llm.calls
         (operation,) = result.operations
-        assert operation.kind == "ADD" and operation.text == result.candidates[0] and operation.sources == (11,)
+        assert operation.kind == "ADD" and operation.text == result.new_experiences[0] and operation.sources == (11,)
         (note,) = result.notes
         assert note.action == "added" and "added without an operations call" in note.why
         assert ("the library is empty" in note.why) == (not library)
 
 
-def test_an_unusable_operations_answer_keeps_the_new_candidates_and_changes_nothing_for_the_close_ones() -> None:
+def test_an_unusable_operations_answer_keeps_the_far_experiences_and_changes_nothing_for_the_close_ones() -> None:
     texts = ["When asked about API keys, check the docs first.", "When a tool fails, retry."]
     advantage = json.dumps({"experiences": texts})
     llm = ScriptedLLM({**GOOD_SCRIPT, "advantage": advantage, "operations": "no json at all"})
@@ -180,9 +181,9 @@ def test_an_unusable_operations_answer_keeps_the_new_candidates_and_changes_noth
     assert "an experience is close to it, so nothing changes" in by_action["dropped"].why
 
 
-def test_the_triage_splits_candidates_at_the_close_distance() -> None:
+def test_the_triage_splits_new_experiences_at_the_close_distance() -> None:
     split = triage(["a a a a", "b b b b", "c c c c"], [(1, 0.39), (2, 0.4), None], 0.4)
-    assert split.close == ["a a a a"] and split.new == ["b b b b", "c c c c"]
+    assert split.close == ["a a a a"] and split.far == ["b b b b", "c c c c"]
     assert [note.action for note in split.notes] == ["added", "added"]
 
 
@@ -214,7 +215,7 @@ def test_the_advantage_answer_is_read_tolerantly_and_capped() -> None:
     )
     answer += ' "When E, do F."]}\n```'
     result, _, _ = run({**GOOD_SCRIPT, "advantage": answer})
-    assert result.candidates == ["When A, do B.", "When C, do D."]  # no blank, no repeat, at most K=2
+    assert result.new_experiences == ["When A, do B.", "When C, do D."]  # no blank, no repeat, at most K=2
 
 
 def test_a_step_is_asked_again_warmer_and_fails_after_three_unusable_answers() -> None:
@@ -231,7 +232,7 @@ def test_a_step_is_asked_again_warmer_and_fails_after_three_unusable_answers() -
 
     llm = Watching({**GOOD_SCRIPT, "advantage": answers()})  # type: ignore[dict-item]
     result = distill(Ledger(llm), SETTINGS, samples(), {}, 1, near=near_at({}))
-    assert result.candidates and [temperature for temperature, _ in asked] == [0.0, 0.7, 0.7]
+    assert result.new_experiences and [temperature for temperature, _ in asked] == [0.0, 0.7, 0.7]
     assert len({seed for _, seed in asked}) == 3
     first_run = list(asked)
     asked.clear()
@@ -354,7 +355,7 @@ def test_an_unusable_consolidation_falls_back_to_the_rules() -> None:
 
 
 def test_next_version_keeps_ids_and_records_provenance_per_change() -> None:
-    parent = Library(
+    parent = LibraryVersion(
         "support",
         2,
         {1: Experience(1, "When A, B.", ({"version": 1, "operation": "ADD"},)), 2: Experience(2, "When C, D.")},

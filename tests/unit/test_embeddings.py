@@ -8,8 +8,10 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from grpod.daemon.errors import ConfigError
+from grpod.daemon import ports
+from grpod.daemon.ports import embedder_from_settings, process_embedder
 from grpod.daemon.settings import load_settings
+from grpod.schema.errors import ConfigError
 from grpod.workers import embeddings
 from grpod.workers.embeddings import (
     Embedder,
@@ -17,9 +19,7 @@ from grpod.workers.embeddings import (
     Vectors,
     api_base,
     batches,
-    embedder_from_settings,
     normalise_rows,
-    process_embedder,
     vectors_from_answer,
 )
 
@@ -40,7 +40,7 @@ class FakeLocalEmbedder:
 @pytest.fixture
 def fake_local(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(embeddings, "LocalEmbedder", FakeLocalEmbedder)
-    embeddings.forget()
+    ports.forget()
 
 
 def test_local_is_the_default_and_gets_the_batch_size(fake_local: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,7 +98,7 @@ def test_a_url_without_a_model_is_a_config_error_naming_the_setting(monkeypatch:
 def test_the_process_embedder_is_built_once_and_forgotten_on_demand(fake_local: None) -> None:
     first = process_embedder()
     assert process_embedder() is first
-    embeddings.forget()
+    ports.forget()
     assert process_embedder() is not first
 
 

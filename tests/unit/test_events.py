@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from grpod.daemon.events import Accepted, Limits, Rejection, RejectReason, RewardEvent, TraceEvent, parse_event
+from grpod.schema.events import Accepted, Limits, Rejection, RejectReason, RewardEvent, TraceEvent, parse_event
 
 from ..factories import raw, reward, trace
 

@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from grpod.schema.errors import SettingError
 from grpod.workers.grouping import (
     DomainSettings,
     Member,
-    SettingError,
     SourceReward,
     cluster,
     cluster_quality,

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import json
 
-from grpod.daemon.events import Limits, RejectReason, parse_event
-from grpod.workers.ingest import Candidate, bound_payload, plan_batch, split_existing
+from grpod.schema.events import Limits, RejectReason, parse_event
+from grpod.workers.ingest import Insertion, bound_payload, plan_batch, split_existing
 
 from ..factories import raw, reward, trace
 
@@ -55,9 +55,9 @@ def test_rejections_keep_their_position() -> None:
 
 
 def test_split_existing_against_what_is_stored() -> None:
-    new = Candidate(0, "t-new", b"a")
-    same = Candidate(1, "t-same", b"b")
-    changed = Candidate(2, "t-changed", b"c")
+    new = Insertion(0, "t-new", b"a")
+    same = Insertion(1, "t-same", b"b")
+    changed = Insertion(2, "t-changed", b"c")
     stored, duplicates, conflicts = split_existing(
         [new, same, changed], inserted={"t-new"}, stored_hashes={"t-same": b"b", "t-changed": b"zzz"}
     )

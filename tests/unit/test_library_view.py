@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from grpod.daemon.library_view import (
+from grpod.schema.library import (
     PROMPT_HEADER,
     Experience,
     Library,
@@ -14,8 +14,7 @@ from grpod.daemon.library_view import (
     experience_lines,
     render_prompt,
 )
-from grpod.workers.library import Experience as StoredExperience
-from grpod.workers.library import Library as StoredLibrary
+from grpod.workers.library import LibraryVersion as StoredLibrary
 from grpod.workers.library import diff_libraries
 
 
@@ -136,9 +135,7 @@ def test_library_from_rows_within_a_budget_keeps_every_experience() -> None:
 
 
 def _stored(version: int, texts: dict[int, str]) -> StoredLibrary:
-    experiences = {
-        i: StoredExperience(i, text, ({"version": version, "operation": "ADD"},)) for i, text in texts.items()
-    }
+    experiences = {i: Experience(i, text, ({"version": version, "operation": "ADD"},)) for i, text in texts.items()}
     return StoredLibrary("support", version, experiences, max(texts, default=0) + 1)
 
 

@@ -8,17 +8,17 @@ from typing import Any
 
 import pytest
 
-from grpod.daemon.errors import ConfigError
+from grpod.daemon import ports
+from grpod.daemon.ports import llm_from_settings, process_llm
 from grpod.daemon.settings import load_settings
+from grpod.schema.errors import ConfigError
 from grpod.workers import llm
 from grpod.workers.llm import (
     Completion,
     OpenAILLM,
     api_base,
     extract_json,
-    llm_from_settings,
     parse_answer,
-    process_llm,
     process_slots,
     validate,
 )
@@ -57,7 +57,7 @@ class FakeLocalLLM:
 @pytest.fixture
 def fake_local(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(llm, "LocalLLM", FakeLocalLLM)
-    llm.forget()
+    ports.forget()
 
 
 # Tolerant extraction ------------------------------------------------------------
@@ -222,10 +222,10 @@ def test_the_process_llm_is_built_once_and_forgotten(fake_local: None, monkeypat
     try:
         first = process_llm()
         assert process_llm() is first
-        llm.forget()
+        ports.forget()
         assert process_llm() is not first
     finally:
-        llm.forget()
+        ports.forget()
 
 
 def test_every_adapter_of_the_process_shares_one_concurrency_limit() -> None:

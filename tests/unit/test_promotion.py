@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from grpod.schema.errors import SettingError
 from grpod.workers.promotion import (
     MAX_LOOKS,
     PublishSettings,
     Reward,
-    SettingError,
     Stats,
     Verdict,
     judge_candidate,

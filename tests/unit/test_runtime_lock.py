@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from grpod.daemon.embedded import RuntimeLock, ensure_home
-from grpod.daemon.errors import ConfigError
 from grpod.daemon.runtime import RESTART_BUDGET, RESTART_WINDOW, Child
+from grpod.schema.errors import ConfigError
 
 
 def test_a_second_holder_gets_a_clear_error(tmp_path: Path) -> None:

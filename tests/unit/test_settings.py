@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from grpod.daemon.errors import ConfigError
-from grpod.daemon.settings import Settings, default_home, load_settings
+from grpod.daemon.settings import Settings, load_settings
+from grpod.schema.errors import ConfigError
+from grpod.sdk.settings import default_home
 
 
 def test_nothing_set_means_everything_embedded() -> None:

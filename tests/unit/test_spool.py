@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from grpod.daemon.event_queue import PublishError, SpoolPublisher, SpoolSource
+from grpod.sdk.publish import PublishError, SpoolPublisher
+from grpod.workers.event_source import SpoolSource
 
 
 def test_published_batches_are_fetched_whole_in_order_and_gone_after_ack(tmp_path: Path) -> None:

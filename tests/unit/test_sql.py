@@ -4,7 +4,7 @@ from importlib import resources
 
 import pytest
 
-from grpod.daemon.sql import load_queries, parse_queries
+from grpod.schema.sql import load_queries, parse_queries
 
 TEXT = """
 -- name: first

@@ -1,6 +1,6 @@
 """A library as an agent uses it: its version, its experiences, and the block it puts into its prompt.
 
-Shared by the SDK (no database driver or worker code at import) and the command line. The prompt
+Shared by the SDK, the workers and the command line. The prompt
 block follows the paper: one experience per line, with its id, within a token budget.
 """
 
@@ -43,8 +43,20 @@ def render_prompt(experiences: Mapping[int, str], token_budget: int | None = Non
 
 @dataclass(frozen=True)
 class Experience:
+    """One learned experience: its id (stable for life), its text, and, where known, its provenance:
+    every change that made it what it is, oldest first (the version, the operation, and the
+    distillations, groups and traces behind it)."""
+
     id: int
     text: str
+    provenance: tuple[Mapping[str, Any], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "text": self.text, "provenance": [dict(entry) for entry in self.provenance]}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Experience:
+        return cls(int(value["id"]), str(value["text"]), tuple(value.get("provenance") or ()))
 
 
 @dataclass(frozen=True)

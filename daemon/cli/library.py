@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from grpod.daemon.errors import OperatorError
+from grpod.daemon.cli.app import app
+from grpod.schema.errors import OperatorError
 
 if TYPE_CHECKING:
     import psycopg
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 library_app = typer.Typer(
     help="A domain's experience library: show, history, diff, rollback, promote, pin, freeze.", no_args_is_help=True
 )
+app.add_typer(library_app, name="library")
 
 Domain = Annotated[str, typer.Argument(metavar="DOMAIN", help="The domain.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
@@ -29,11 +31,13 @@ Actor = Annotated[str | None, typer.Option(help="Who: kept in the audit log (def
 
 @contextmanager
 def _connection() -> Iterator[psycopg.Connection[Any]]:
-    from grpod.daemon.cli import _database, _settings
+    from grpod.daemon.cli.app import command_settings, migrated_database
     from grpod.daemon.database import connect
 
-    settings = _settings()
-    with connect(_database(settings), autocommit=True, connect_timeout=settings.database_connect_timeout) as conn:
+    settings = command_settings()
+    with connect(
+        migrated_database(settings), autocommit=True, connect_timeout=settings.database_connect_timeout
+    ) as conn:
         yield conn
 
 
@@ -47,7 +51,7 @@ def _actor(actor: str | None) -> str:
 
 
 def _print_json(value: Any) -> None:
-    from grpod.daemon.cli import print_json
+    from grpod.daemon.cli.app import print_json
 
     print_json(value)
 
@@ -67,7 +71,7 @@ def show(
 ) -> None:
     """A version of the library (production by default) with its experiences and their provenance."""
     from grpod.daemon import library_admin
-    from grpod.daemon.library_view import render_prompt
+    from grpod.schema.library import render_prompt
 
     if format not in ("text", "json", "prompt"):
         raise OperatorError(f"--format must be text, json or prompt, not {format!r}.")

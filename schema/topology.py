@@ -6,11 +6,12 @@
   Stage tasks land in the queue ``<prefix>.dead``; events in ``<prefix>.events.dead``, which
   the ingest consumer drains into the rejected store.
 
-The SDK imports this module, so it must stay free of Celery and worker code.
+These are the contract with agents that publish over plain AMQP: kombu only, no Celery.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from kombu.entity import Exchange, Queue
@@ -79,3 +80,37 @@ def dead_events_queue(prefix: str) -> Queue:
         durable=True,
         queue_arguments={"x-queue-type": "quorum"},
     )
+
+
+# What agents and the ingest consumer declare and survive -------------------------------------
+
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, socket.timeout, ConnectionError)
+
+
+def amqp_errors() -> tuple[type[BaseException], ...]:
+    from amqp.exceptions import ConnectionError as AmqpConnectionError
+    from amqp.exceptions import RecoverableConnectionError
+    from kombu.exceptions import OperationalError
+
+    return (*_CONNECTION_ERRORS, AmqpConnectionError, RecoverableConnectionError, OperationalError)
+
+
+def declare_event_queues(channel: Any, prefix: str, broker_url: str, delivery_limit: int) -> Queue:
+    """Declare the events queue (and, on RabbitMQ, its dead-letter queue); returns the events queue.
+
+    A queue that already exists with other arguments (another delivery limit) is used as it is.
+    """
+    from amqp.exceptions import PreconditionFailed
+
+    queue = events_queue(prefix, broker_url, delivery_limit)
+    bound = queue(channel)
+    try:
+        bound.declare()
+    except PreconditionFailed:
+        channel = channel.connection.channel() if hasattr(channel, "connection") else channel
+        bound = queue(channel)
+        bound.queue_declare(passive=True)
+    if is_rabbitmq(broker_url):
+        dead = dead_events_queue(prefix)(channel)
+        dead.declare()
+    return queue

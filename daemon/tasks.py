@@ -71,8 +71,8 @@ def _hand_off_ready(groups: list[tuple[int, str]]) -> None:
 @shared_task(name="grpod.group.assign_traces", bind=True)
 def assign_traces(self: Task[Any, Any], domain: str, trace_ids: list[str] | None = None) -> dict[str, int]:
     """Embed and group a domain's waiting traces (these ones, or the oldest waiting)."""
+    from grpod.daemon.ports import process_embedder
     from grpod.workers import grouping_store
-    from grpod.workers.embeddings import process_embedder
 
     with resources.pool().connection() as conn:
         run = grouping_store.group_domain(
@@ -98,8 +98,8 @@ def check_readiness(trace_ids: list[str]) -> int:
 @shared_task(name="grpod.group.sweep")
 def sweep_grouping() -> int:
     """Beat's safety net: group traces whose task was lost and re-check groups that got rewards."""
+    from grpod.daemon.ports import process_embedder
     from grpod.workers import grouping_store
-    from grpod.workers.embeddings import process_embedder
 
     placed = 0
     with resources.pool().connection() as conn:
@@ -112,26 +112,25 @@ def sweep_grouping() -> int:
 
 @shared_task(name="grpod.distill.group")
 def distill_group(group_id: int) -> str:
-    """Distil one ready group; its operations then wait for the domain's update window."""
+    """Distill one ready group; its operations then wait for the domain's update window."""
+    from grpod.daemon.ports import process_embedder, process_llm
     from grpod.workers import distillation_store
-    from grpod.workers.embeddings import process_embedder
-    from grpod.workers.llm import process_llm
 
     with _autocommit() as conn:
-        run = distillation_store.distil_group(
+        run = distillation_store.distill_group(
             conn, process_llm(), process_embedder(), group_id, on_ready=_hand_off_ready
         )
         if run.status == "distilled" and run.domain is not None:
             _schedule_window(conn, run.domain)
     if run.status not in ("distilled", "failed"):
-        log.info("nothing to distil", group_id=group_id, status=run.status, reason=run.reason)
+        log.info("nothing to distill", group_id=group_id, status=run.status, reason=run.reason)
     return run.status
 
 
 def _schedule_window(conn: psycopg.Connection[Any], domain: str) -> None:
-    from grpod.workers import distillation_store
+    from grpod.workers import update_window
 
-    for name, wait in distillation_store.due_windows(conn):
+    for name, wait in update_window.due_windows(conn):
         if name == domain:
             update_library.apply_async(kwargs={"domain": domain}, countdown=wait)
 
@@ -139,11 +138,11 @@ def _schedule_window(conn: psycopg.Connection[Any], domain: str) -> None:
 @shared_task(name="grpod.library.update", bind=True)
 def update_library(self: Task[Any, Any], domain: str) -> str:
     """Publish the domain's waiting distillations as one library version once its window closes."""
-    from grpod.workers import distillation_store
-    from grpod.workers.llm import process_llm
+    from grpod.daemon.ports import process_llm
+    from grpod.workers import update_window
 
     with _autocommit() as conn:
-        run = distillation_store.run_window(conn, process_llm(), domain)
+        run = update_window.run_window(conn, process_llm(), domain)
     if run.status == "waiting":
         update_library.apply_async(kwargs={"domain": domain}, countdown=run.wait_seconds)
     elif run.status == "busy":  # another update of the domain runs: look again shortly
@@ -155,11 +154,11 @@ def update_library(self: Task[Any, Any], domain: str) -> str:
 def sweep_distillation() -> dict[str, int]:
     """Beat's safety net: ready groups whose task was lost (or whose distillation failed and has
     waited out its backoff) and update windows that are due."""
-    from grpod.workers import distillation_store
+    from grpod.workers import distillation_store, update_window
 
     with _autocommit() as conn:
-        groups = distillation_store.groups_to_distil(conn, min_age_seconds=LOST_TASK_SECONDS)
-        windows = [domain for domain, wait in distillation_store.due_windows(conn) if wait <= 0]
+        groups = distillation_store.groups_to_distill(conn, min_age_seconds=LOST_TASK_SECONDS)
+        windows = [domain for domain, wait in update_window.due_windows(conn) if wait <= 0]
     for group_id, _ in groups:
         distill_group.apply_async(args=[group_id])
     for domain in windows:

@@ -16,3 +16,7 @@ class OperatorError(Exception):
 
     Printed as one sentence, exit code 2, nothing changed.
     """
+
+
+class SettingError(ValueError):
+    """A domain's setting is out of range; the message says which and what is allowed."""

@@ -1,36 +1,4 @@
-"""The agent SDK: record traces and rewards from inside an agent's process.
-
-Light by design: it imports kombu and pydantic, never Celery, torch, llama.cpp,
-sentence-transformers, a database driver or worker code, and it needs no
-database. Events are validated here first (a bad event raises
-``InvalidEventError`` at once, in the agent), then published with broker
-confirms; if the broker cannot be reached within the retry budget,
-``PublishError`` is raised: the agent is never blocked for long and an
-event is never dropped silently.
-
-    from grpod.daemon.sdk import Client
-
-    with Client() as grpod:  # GRPOD_BROKER_URL, or the embedded spool
-        trace_id = grpod.record_trace(
-            domain="support",
-            query="How do I rotate my API key?",
-            trajectory=[{"role": "user", "content": "How do I rotate my API key?"},
-                        {"role": "assistant", "content": "Settings > API keys > Rotate."}],
-            answer="Settings > API keys > Rotate.",
-            library_version=7,
-        )
-        grpod.record_reward(trace_id, 1.0, source="user_thumbs")
-
-The learned library goes into the agent's prompt; the trace then names its version, so each
-version gets a reward record (fetching needs the database: ``GRPOD_DATABASE_URL``):
-
-    from grpod.daemon.sdk import LibraryCache
-
-    libraries = LibraryCache(database_url)  # cached; refreshed when a label moves (LISTEN/NOTIFY)
-    library = libraries.get("support")       # version 0 and no experiences before anything is learned
-    system_prompt = BASE_PROMPT + "\n\n" + library.prompt
-    ... grpod.record_trace(domain="support", ..., library_version=library.version)
-"""
+"""The agent SDK's client: build, validate and publish trace and reward events (see ``grpod.sdk``)."""
 
 from __future__ import annotations
 
@@ -43,23 +11,10 @@ from typing import Any, Self
 import orjson
 from ulid import ULID
 
-from grpod.daemon.event_queue import AmqpPublisher, EventPublisher, PublishError, SpoolPublisher
-from grpod.daemon.events import Accepted, Limits, RewardEvent, TraceEvent, validate_event
-from grpod.daemon.library_client import LibraryCache, LibraryUnavailableError
-from grpod.daemon.library_view import Library
-from grpod.daemon.settings import Settings, load_settings
-from grpod.daemon.topology import is_rabbitmq
-
-__all__ = [
-    "Client",
-    "InvalidEventError",
-    "Library",
-    "LibraryCache",
-    "LibraryUnavailableError",
-    "PublishError",
-    "ValidEvent",
-    "new_trace_id",
-]
+from grpod.schema.events import Accepted, Limits, RewardEvent, TraceEvent, validate_event
+from grpod.schema.topology import is_rabbitmq
+from grpod.sdk.publish import AmqpPublisher, EventPublisher, SpoolPublisher
+from grpod.sdk.settings import ClientSettings, PublishSettings
 
 
 class InvalidEventError(ValueError):
@@ -92,8 +47,8 @@ def _iso(moment: datetime | str | None) -> str:
 class Client:
     """Publishes trace and reward events to grpod. Safe to share between threads."""
 
-    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
-        self.settings = settings or load_settings(**overrides)
+    def __init__(self, settings: PublishSettings | None = None) -> None:
+        self.settings: PublishSettings = settings if settings is not None else ClientSettings.from_env()
         self._limits: Limits = self.settings.limits()
         self._lock = threading.Lock()
         self._publisher: EventPublisher | None = None

@@ -10,7 +10,8 @@ that points nowhere yet, is an empty library at version 0, not an error: an agen
 anything is learned.
 
 psycopg is imported when the cache is created, not when the SDK is: recording events needs no
-database driver.
+database driver, and an agent that only records installs ``grpod-sdk`` without its ``postgres``
+extra.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from grpod.daemon.library_view import Library
-from grpod.daemon.sql import load_queries
+from grpod.schema.errors import ConfigError
+from grpod.schema.library import Library
+from grpod.schema.sql import load_queries
 
 if TYPE_CHECKING:
     import psycopg
@@ -49,7 +51,13 @@ class LibraryCache:
         listen: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-
+        try:
+            import psycopg  # noqa: F401  (the database path is an extra of grpod-sdk)
+        except ImportError:
+            raise ConfigError(
+                "the library cache reads PostgreSQL, and psycopg is not installed; "
+                "install the SDK with its postgres extra: pip install 'grpod-sdk[postgres]'."
+            ) from None
         self._url = database_url
         self.max_staleness = max_staleness
         self.token_budget = token_budget

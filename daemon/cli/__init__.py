@@ -1,0 +1,8 @@
+"""The `grpod` command line, one module per area; importing this registers every command."""
+
+from __future__ import annotations
+
+from grpod.daemon.cli import distill, domains, ingest, library, runtime
+from grpod.daemon.cli.app import app, main
+
+__all__ = ["app", "distill", "domains", "ingest", "library", "main", "runtime"]

@@ -1,0 +1,186 @@
+"""`grpod up`, `migrate`, `worker`, `beat`, `status`, `demo`: running the service and looking at it."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from grpod.daemon import resources
+from grpod.daemon.cli.app import JsonOption, app, command_settings, migrated_database, print_json
+from grpod.daemon.cli.domains import print_domains
+from grpod.daemon.logs import configure_logging
+from grpod.daemon.settings import Settings
+from grpod.schema.errors import ConfigError, OperatorError
+
+
+def _declare_broker(settings: Settings) -> str | None:
+    """On RabbitMQ, declare the events queue and the dead-letter queues, so that events published
+    before any worker has started are kept, not dropped as unroutable."""
+    from grpod.schema.topology import is_rabbitmq
+
+    url = settings.broker_url
+    if url is None or not is_rabbitmq(url):
+        return None
+    from kombu.connection import Connection
+    from kombu.exceptions import OperationalError
+
+    from grpod.daemon.celery_app import create_app, declare_dead_letter_queue
+    from grpod.schema.topology import declare_event_queues
+    from grpod.schema.urls import redact
+
+    try:
+        with Connection(url, connect_timeout=settings.publish_timeout) as connection:
+            connection.ensure_connection(max_retries=2, timeout=settings.publish_timeout)
+            declare_event_queues(connection.channel(), settings.queue_prefix, url, settings.delivery_limit)
+        declare_dead_letter_queue(create_app(settings), settings)
+    except (OSError, OperationalError) as error:
+        raise ConfigError(
+            f"GRPOD_BROKER_URL={redact(url)} cannot be reached ({error}); check the URL and that RabbitMQ runs."
+        ) from None
+    return redact(url)
+
+
+@app.command()
+def up() -> None:
+    """Start the service: embedded database (unless configured), migrations, a worker and beat."""
+    from grpod.daemon.runtime import Supervisor
+
+    raise typer.Exit(Supervisor(command_settings()).run())
+
+
+@app.command()
+def migrate(as_json: JsonOption = False) -> None:
+    """Apply the schema migrations the database lacks, and declare the broker's queues (both idempotent)."""
+    from grpod.daemon.migrations import migrate as apply_migrations
+
+    settings = command_settings()
+    report = apply_migrations(resources.database_url(), connect_timeout=settings.database_connect_timeout)
+    broker = _declare_broker(settings)
+    applied = [{"version": m.version, "name": m.name} for m in report.applied]
+    if as_json:
+        print_json({"applied": applied, "current_version": report.current_version, "broker_declared": broker})
+        return
+    if broker:
+        typer.echo(f"Broker queues declared on {broker}.")
+    if not applied:
+        typer.echo(f"Schema is up to date (version {report.current_version}).")
+    for migration in applied:
+        typer.echo(f"Applied {migration['version']:04d} {migration['name']}")
+
+
+@app.command()
+def worker(
+    queues: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated stages to consume (default: all of them)."),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes (default: GRPOD_WORKER_CONCURRENCY).")
+    ] = None,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads or solo.")] = "prefork",
+) -> None:
+    """Run one worker against the configured broker and database."""
+    from grpod.daemon.celery_app import STAGES, create_app, declare_dead_letter_queue
+    from grpod.schema.topology import queue_name
+
+    settings = command_settings()
+    stages = [stage.strip() for stage in queues.split(",")] if queues else list(STAGES)
+    unknown = [stage for stage in stages if stage not in STAGES]
+    if unknown:
+        raise OperatorError(f"unknown stage {unknown[0]!r}; the stages are {', '.join(STAGES)}.")
+    migrated_database(settings)  # fail fast, with a clear sentence, on a bad or unmigrated database
+    celery = create_app(settings)
+    declare_dead_letter_queue(celery, settings)
+    if "ingest" in stages:
+        from grpod.daemon.ingest import IngestConsumerStep
+
+        celery.steps["worker"].add(IngestConsumerStep)
+    processes = concurrency or settings.worker_concurrency
+    if settings.llm_threads is None and pool == "prefork":
+        # Each process loads its own bundled model: share the cores between them, not each all of them.
+        os.environ["GRPOD_LLM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
+    celery.worker_main(
+        [
+            "--quiet",  # no banner: our own log lines say what runs where
+            "worker",
+            f"--loglevel={settings.log_level}",
+            f"--queues={','.join(queue_name(settings.queue_prefix, stage) for stage in stages)}",
+            f"--concurrency={processes}",
+            f"--pool={pool}",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+    )
+
+
+@app.command()
+def beat() -> None:
+    """Run the scheduler (exactly one per deployment)."""
+    from celery.apps.beat import Beat
+
+    from grpod.daemon.celery_app import create_app
+
+    settings = command_settings()
+    settings.beat_schedule_file.parent.mkdir(parents=True, exist_ok=True)
+    celery = create_app(settings)
+    Beat(app=celery, loglevel=settings.log_level, schedule=str(settings.beat_schedule_file), quiet=True).run()
+
+
+@app.command()
+def status(as_json: JsonOption = False) -> None:
+    """Database, broker, queue depths, per-domain counts, rewards waiting, rejected events, live processes."""
+    from grpod.daemon.status import collect_status
+
+    settings = command_settings()
+    report = collect_status(
+        settings, migrated_database(settings) if settings.embedded_database else resources.database_url()
+    )
+    if as_json:
+        print_json(report)
+        return
+    console = Console()
+    console.print(f"database  {report['database']} (schema version {report['schema_version']})")
+    console.print(f"broker    {report['broker']}")
+    queues = ", ".join(f"{name} {depth if depth is not None else '?'}" for name, depth in report["queues"].items())
+    console.print(f"queues    {queues}")
+    console.print(
+        f"rewards waiting for their trace {report['pending_rewards']}, expired {report['expired_rewards']}; "
+        f"rejected events {report['rejected']}; last accepted {report.get('last_accepted_at') or 'never'}"
+    )
+    if "distillations" in report:
+        counts = report["distillations"]
+        llm = report["llm_calls"]
+        console.print(
+            f"distillations running {counts['running']}, failed {counts['failed']}, waiting to be published "
+            f"{counts['distilled']}, published {counts['applied']}; library versions {report['library_versions']}; "
+            f"LLM calls {llm['calls']} ({llm['tokens_in']} tokens in, {llm['tokens_out']} out)"
+        )
+    print_domains(console, report["domains"])
+    table = Table("role", "hostname", "pid", "version", "seen", title="processes")
+    for process in report["processes"]:
+        table.add_row(
+            process["role"],
+            process["hostname"],
+            str(process["pid"]),
+            process["version"],
+            f"{process['age_seconds']:.0f}s ago",
+        )
+    console.print(table)
+
+
+@app.command()
+def demo(as_json: JsonOption = False) -> None:
+    """Run grpod end to end on the embedded default, in a few minutes: stream, group, distill, publish, roll back."""
+    from grpod.daemon.demo import print_report, report_json, run_demo
+
+    settings = command_settings()
+    configure_logging("WARNING", settings.log_format)  # the progress bars tell the story
+    report = run_demo(settings, Console(stderr=True))
+    if as_json:
+        print_json(report_json(report))
+        return
+    print_report(report, Console())

@@ -1,0 +1,82 @@
+"""The process's LLM and embedder, built from the settings and handed to the stages as plain objects.
+
+The ports (``grpod.workers.llm``, ``grpod.workers.embeddings``) take plain values; this is the one
+place that reads ``GRPOD_LLM_*`` and ``GRPOD_EMBEDDINGS*`` for them. A worker builds each once
+(loading a model takes a while); a forked child builds its own.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+from grpod.daemon import resources
+from grpod.daemon.settings import Settings
+from grpod.schema.errors import ConfigError
+from grpod.schema.urls import redact
+from grpod.workers import embeddings, llm
+from grpod.workers.embeddings import Embedder
+from grpod.workers.llm import LLM
+
+
+def llm_from_settings(settings: Settings) -> LLM:
+    """The LLM GRPOD_LLM_BASE_URL names: the bundled SmolLM2 when unset, else the API at that URL."""
+    if settings.llm_base_url is None:
+        return llm.LocalLLM(n_threads=settings.llm_threads or os.cpu_count() or llm.LOCAL_THREADS)
+    if not settings.llm_model:
+        raise ConfigError(
+            f"GRPOD_LLM_MODEL must name the model at GRPOD_LLM_BASE_URL={redact(settings.llm_base_url)}; "
+            "set it (for example GRPOD_LLM_MODEL=deepseek-chat) or unset GRPOD_LLM_BASE_URL to use the "
+            "bundled model."
+        )
+    api_key = settings.llm_api_key
+    return llm.OpenAILLM(
+        base_url=settings.llm_base_url,
+        model=settings.llm_model,
+        api_key=api_key.get_secret_value() if api_key is not None else None,
+    )
+
+
+def embedder_from_settings(settings: Settings) -> Embedder:
+    """The embedder GRPOD_EMBEDDINGS names: the bundled model, or the API at that URL."""
+    if settings.embeddings == embeddings.LOCAL:
+        return embeddings.LocalEmbedder(batch_size=settings.embeddings_batch_size)
+    if not settings.embeddings_model:
+        raise ConfigError(
+            f"GRPOD_EMBEDDINGS_MODEL must name the model at GRPOD_EMBEDDINGS={redact(settings.embeddings)}; "
+            "set it (for example GRPOD_EMBEDDINGS_MODEL=text-embedding-3-small) or set GRPOD_EMBEDDINGS=local "
+            "to use the bundled model."
+        )
+    api_key = settings.embeddings_api_key or settings.llm_api_key
+    return embeddings.OpenAIEmbedder(
+        base_url=settings.embeddings,
+        model=settings.embeddings_model,
+        api_key=api_key.get_secret_value() if api_key is not None else None,
+        timeout=settings.embeddings_timeout,
+        batch_size=settings.embeddings_batch_size,
+    )
+
+
+@cache
+def process_llm() -> LLM:
+    """This process's LLM, built on first use (a worker loads the model once).
+
+    Two threads of a ``threads`` pool that ask at the same moment may each build one; one is kept.
+    """
+    return llm_from_settings(resources.settings())
+
+
+@cache
+def process_embedder() -> Embedder:
+    """This process's embedder, built on first use (a worker loads the model once)."""
+    return embedder_from_settings(resources.settings())
+
+
+def forget() -> None:
+    """Drop the process's LLM, request slots and embedder (after a fork, or when a test changes the settings)."""
+    process_llm.cache_clear()
+    process_embedder.cache_clear()
+    llm.forget()
+
+
+os.register_at_fork(after_in_child=forget)

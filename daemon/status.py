@@ -102,7 +102,9 @@ def collect_status(settings: Settings, database_url: str) -> dict[str, Any]:
             by_status = {str(k): int(v) for k, v in conn.execute(queries["distillation_counts"]).fetchall()}
             calls = conn.execute(queries["llm_totals"]).fetchone()
             learning = {
-                "distillations": {s: by_status.get(s, 0) for s in ("running", "failed", "distilled", "applied")},
+                "distillations": {
+                    s: by_status.get(s, 0) for s in ("running", "failed", "distilled", "applied", "refused")
+                },
                 "library_versions": int(_scalar(conn, "library_version_count") or 0),
                 "llm_calls": {
                     "calls": int(calls[0]) if calls else 0,

@@ -561,9 +561,9 @@ def distill(
                 ask,
                 "operations",
                 operations_messages(settings, split.close, library),
-                operations_schema(settings, max_items=len(split.close) + 2),
-                96 + (len(split.close) + 2) * settings.experience_max_words * 2,
-                _read_operations,
+                operations_schema(settings, max_items=operations_limit(len(split.close))),
+                96 + operations_limit(len(split.close)) * settings.experience_max_words * 2,
+                _operations_reader(operations_limit(len(split.close))),
             )
         except StepFailedError as error:
             parsed, parse_notes = (
@@ -584,11 +584,33 @@ def distill(
     return Distilled(summaries, new_experiences, stamped, notes + validation_notes, neighbours)
 
 
-def _read_operations(completion: Completion) -> tuple[list[Operation], list[Note]] | None:
-    data = _answer_object(completion)
-    if data is None or not isinstance(data.get("operations"), list):
-        return None
-    return parse_operations(data)
+def operations_limit(new_experiences: int) -> int:
+    """How many operations an answer about ``new_experiences`` may hold: each may add or update one
+    experience and delete one it supersedes, and a few NONEs besides."""
+    return 2 * new_experiences + 3
+
+
+def _operations_reader(max_items: int) -> Callable[[Completion], tuple[list[Operation], list[Note]] | None]:
+    """Reads an operations answer, holding it to the schema's item limit even when tolerant
+    extraction (not the schema) found it: a longer answer keeps its first ``max_items``."""
+
+    def read(completion: Completion) -> tuple[list[Operation], list[Note]] | None:
+        data = _answer_object(completion)
+        if data is None or not isinstance(data.get("operations"), list):
+            return None
+        operations, notes = parse_operations(data)
+        if len(operations) > max_items:
+            notes.append(
+                Note(
+                    f"{len(operations) - max_items} operation(s) after the first {max_items}",
+                    "dropped",
+                    f"the answer held {len(operations)} operations; the limit is {max_items}",
+                )
+            )
+            operations = operations[:max_items]
+        return operations, notes
+
+    return read
 
 
 # The domain's update window ---------------------------------------------------------------------
@@ -650,7 +672,7 @@ def consolidate_window(
             consolidation_messages(settings, current, library),
             operations_schema(settings, max_items=len(current) + 1, merged_from=True),
             128 + len(current) * settings.experience_max_words * 3,
-            _read_operations,
+            _operations_reader(len(current) + 1),
         )
     except StepFailedError as error:
         merged, rule_notes = consolidate(current)

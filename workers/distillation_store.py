@@ -39,6 +39,7 @@ from grpod.workers.grouping import Combination, DomainSettings, Member, SourceRe
 from grpod.workers.ledger import CallRecord, Ledger
 from grpod.workers.llm import LLM, LLMError
 from grpod.workers.operations import Note, Operation
+from grpod.workers.promotion import PublishSettings
 
 QUERIES = ("grpod.schema", "queries/distillation.sql")
 BACKOFF_SECONDS = 60.0  # a failed distillation is tried again after this, doubling per attempt ...
@@ -61,12 +62,14 @@ def backoff_seconds(attempts: int) -> float:
     return float(min(BACKOFF_MAX_SECONDS, BACKOFF_SECONDS * 2.0 ** max(0, attempts - 1)))
 
 
-def domain_settings(conn: psycopg.Connection[Any], domain: str) -> tuple[DomainSettings, LearningSettings]:
+def domain_settings(
+    conn: psycopg.Connection[Any], domain: str
+) -> tuple[DomainSettings, LearningSettings, PublishSettings]:
     row = conn.execute(queries()["domain_settings"], {"domain": domain}).fetchone()
     if row is None:
         raise OperatorError(f"there is no domain {domain!r}; `grpod domains` lists them.")
     values = row[0] or {}
-    return DomainSettings.from_json(values), LearningSettings.from_json(values)
+    return DomainSettings.from_json(values), LearningSettings.from_json(values), PublishSettings.from_json(values)
 
 
 def notes_json(notes: Sequence[Note]) -> list[dict[str, str]]:

@@ -7,6 +7,7 @@ traces behind it). The database shell is ``workers/library_store.py``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,3 +70,29 @@ def diff_libraries(before: LibraryVersion, after: LibraryVersion) -> dict[str, l
         if before.experiences[i].text != after.experiences[i].text
     ]
     return {"added": added, "removed": removed, "changed": changed}
+
+
+def removal_refusal(
+    parent: Mapping[int, object], operations: Sequence[Operation], max_deletes: int, max_fraction: float
+) -> str | None:
+    """Why a version that applies ``operations`` to ``parent`` must not be published, or None.
+
+    A version may remove at most ``max_deletes`` of its parent's experiences, and at most
+    ``max_fraction`` of them (rounded down, but always at least one): one broken or injected
+    answer cannot empty a library in production.
+    """
+    removed = {op.experience_id for op in operations if op.kind == "DELETE" and op.experience_id in parent}
+    if not removed:
+        return None
+    share = max(1, math.floor(max_fraction * len(parent)))
+    if len(removed) > max_deletes:
+        return (
+            f"it removes {len(removed)} of its parent's {len(parent)} experiences, "
+            f"more than max_deletes_per_version ({max_deletes})"
+        )
+    if len(removed) > share:
+        return (
+            f"it removes {len(removed)} of its parent's {len(parent)} experiences, more than "
+            f"max_removed_fraction ({max_fraction:g}) allows ({share})"
+        )
+    return None

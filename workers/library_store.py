@@ -220,6 +220,12 @@ def label_new_version(conn: psycopg.Connection[Any], domain: str, version: int, 
     return label
 
 
+def refuse_new_version(conn: psycopg.Connection[Any], domain: str, version: int, *, reason: str) -> None:
+    """A just-stored version the guard refused: no label moves; the audit log says why, and an
+    operator may still publish it (``grpod library promote``)."""
+    record_event(conn, domain, "refuse", actor="guard", reason=reason, to_version=version)
+
+
 def version_exists(conn: psycopg.Connection[Any], domain: str, version: int) -> bool:
     return conn.execute(_queries()["version_exists"], {"domain": domain, "version": version}).fetchone() is not None
 

@@ -41,6 +41,10 @@ class PublishSettings:
     rollback_min_traces: int = 30  # N: rewarded traces of a production version per look
     rollback_margin: float = 0.1  # production rolls back when worse than its predecessor by more than this
     test_alpha: float = 0.05  # the chance of a wrong promotion (or rollback) over all looks
+    # The guard: one version may remove at most this many of its parent's experiences ...
+    max_deletes_per_version: int = 3
+    # ... and at most this share of them (rounded down, but always at least one).
+    max_removed_fraction: float = 0.25
 
     FIELDS = (
         "publish_policy",
@@ -50,6 +54,8 @@ class PublishSettings:
         "rollback_min_traces",
         "rollback_margin",
         "test_alpha",
+        "max_deletes_per_version",
+        "max_removed_fraction",
     )
 
     @classmethod
@@ -83,6 +89,9 @@ def validated_publish_settings(**values: object) -> PublishSettings:
     rollback = values["auto_rollback"]
     if not isinstance(rollback, bool):
         raise SettingError(f"auto_rollback must be true or false, not {rollback!r}")
+    fraction = values["max_removed_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction <= 1:
+        raise SettingError(f"max_removed_fraction must be a share from 0 to 1, not {fraction!r}")
     return PublishSettings(
         publish_policy=policy,
         promotion_min_traces=_whole("promotion_min_traces", values["promotion_min_traces"], MIN_LOOK, 100_000),
@@ -91,6 +100,8 @@ def validated_publish_settings(**values: object) -> PublishSettings:
         rollback_min_traces=_whole("rollback_min_traces", values["rollback_min_traces"], MIN_LOOK, 100_000),
         rollback_margin=_number("rollback_margin", values["rollback_margin"]),
         test_alpha=float(alpha),
+        max_deletes_per_version=_whole("max_deletes_per_version", values["max_deletes_per_version"], 0, 100_000),
+        max_removed_fraction=float(fraction),
     )
 
 

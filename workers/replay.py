@@ -78,7 +78,7 @@ def replay(conn: psycopg.Connection[Any], distillation_id: int) -> Replay:
             "each run of `grpod distill DOMAIN` prints the ids of its distillations."
         )
     domain, status, sample_keys = str(row["domain"]), row["status"], row["samples"]
-    if status not in ("distilled", "applied"):
+    if status not in ("distilled", "applied", "refused"):
         raise OperatorError(
             f"distillation {distillation_id} has not finished (it is {status}); only a finished one can be replayed."
         )

@@ -27,13 +27,14 @@ from grpod.workers.distillation_store import (
     require_autocommit,
 )
 from grpod.workers.ledger import CallRecord, Ledger
+from grpod.workers.library import removal_refusal
 from grpod.workers.llm import LLM
 from grpod.workers.operations import Note, Operation
 
 log = structlog.stdlib.get_logger(__name__)
 
 
-WindowStatus = Literal["published", "no_change", "waiting", "busy", "empty", "frozen"]
+WindowStatus = Literal["published", "refused", "no_change", "waiting", "busy", "empty", "frozen"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class WindowRun:
     calls: list[CallRecord] = field(default_factory=list)
     wait_seconds: float = 0.0
     label: str | None = None  # the label the new version got (by the domain's publish policy)
+    refused: str | None = None  # why the guard kept the new version from any label
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +56,7 @@ class WindowRun:
             "status": self.status,
             "version": self.version,
             "label": self.label,
+            "refused": self.refused,
             "distillation_ids": self.distillation_ids,
             "operations": operations_json(self.operations),
             "notes": notes_json(self.notes),
@@ -70,7 +73,7 @@ def run_window(conn: psycopg.Connection[Any], llm: LLM, domain: str, *, force: b
     """
     require_autocommit(conn)
     named = queries()
-    _, learning = domain_settings(conn, domain)
+    _, learning, publishing = domain_settings(conn, domain)
     if not library_store.lock_updates(conn, domain):
         return WindowRun("busy", domain)
     try:
@@ -101,6 +104,12 @@ def run_window(conn: psycopg.Connection[Any], llm: LLM, domain: str, *, force: b
         version: int | None = None
         label: str | None = None
         reason = f"update window of {len(ids)} distillation(s): {', '.join(map(str, ids))}"
+        refused = removal_refusal(
+            parent.experiences,
+            consolidated.operations,
+            publishing.max_deletes_per_version,
+            publishing.max_removed_fraction,
+        )
         with conn.transaction():
             if consolidated.operations:
                 version = library_store.publish(
@@ -114,10 +123,18 @@ def run_window(conn: psycopg.Connection[Any], llm: LLM, domain: str, *, force: b
                     distillation_ids=ids,
                     llm_call_ids=[call.id for call in ledger.calls if call.id is not None],
                 )
-                label = library_store.label_new_version(conn, domain, version, actor="distillation", reason=reason)
-            conn.execute(named["apply_distillations"], {"ids": ids, "version": version})
+                if refused is None:
+                    label = library_store.label_new_version(conn, domain, version, actor="distillation", reason=reason)
+                else:
+                    library_store.refuse_new_version(conn, domain, version, reason=f"refused: {refused}")
+            conn.execute(
+                named["apply_distillations"],
+                {"ids": ids, "version": version, "status": "applied" if refused is None else "refused"},
+            )
     finally:
         library_store.unlock_updates(conn, domain)
+    if refused is not None:
+        log.warning("library version refused by the guard", domain=domain, version=version, why=refused)
     log.info(
         "library version published" if version is not None else "update window changed nothing",
         domain=domain,
@@ -127,8 +144,9 @@ def run_window(conn: psycopg.Connection[Any], llm: LLM, domain: str, *, force: b
         operations=len(consolidated.operations),
         consolidated_by_llm=consolidated.asked,
     )
+    status: WindowStatus = "no_change" if version is None else "published" if refused is None else "refused"
     return WindowRun(
-        "published" if version is not None else "no_change",
+        status,
         domain,
         version,
         ids,
@@ -136,6 +154,7 @@ def run_window(conn: psycopg.Connection[Any], llm: LLM, domain: str, *, force: b
         consolidated.notes,
         ledger.calls,
         label=label,
+        refused=refused,
     )
 
 

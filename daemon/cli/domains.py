@@ -152,6 +152,12 @@ def domain_set(
     rollback_min_traces: Annotated[int | None, typer.Option(help="Rewarded traces per look of rollback.")] = None,
     rollback_margin: Annotated[float | None, typer.Option(help="Roll back when worse by more than this.")] = None,
     test_alpha: Annotated[float | None, typer.Option(help="Error budget of promotion and rollback tests.")] = None,
+    max_deletes_per_version: Annotated[
+        int | None, typer.Option(help="Guard: experiences one version may remove at most.")
+    ] = None,
+    max_removed_fraction: Annotated[
+        float | None, typer.Option(help="Guard: share of its parent's experiences one version may remove.")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Change a domain's grouping and learning settings (validated; the embedding model changes with `reembed`)."""
@@ -181,6 +187,8 @@ def domain_set(
             "rollback_min_traces": rollback_min_traces,
             "rollback_margin": rollback_margin,
             "test_alpha": test_alpha,
+            "max_deletes_per_version": max_deletes_per_version,
+            "max_removed_fraction": max_removed_fraction,
         }
         try:
             wanted = validated_settings(

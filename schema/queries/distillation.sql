@@ -85,8 +85,9 @@ WHERE domain = %(domain)s AND status = 'distilled'
 ORDER BY finished_at, id;
 
 -- name: apply_distillations
--- The window's distillations went into this version (NULL: they changed nothing).
-UPDATE distillations SET status = 'applied', version = %(version)s, applied_at = now()
+-- The window's distillations went into this version (NULL: they changed nothing); 'refused' when
+-- the guard kept that version from any label.
+UPDATE distillations SET status = %(status)s, version = %(version)s, applied_at = now()
 WHERE id = ANY(%(ids)s::bigint[]) AND status = 'distilled';
 
 -- name: due_windows

@@ -45,6 +45,8 @@ def test_group_inspect_and_tune_a_domain(tmp_path: Path, database_url: str) -> N
         "rollback_min_traces": 30,
         "rollback_margin": 0.1,
         "test_alpha": 0.05,
+        "max_deletes_per_version": 3,
+        "max_removed_fraction": 0.25,
     }
     assert shown["embedding_model"] is None
 

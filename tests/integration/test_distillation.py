@@ -366,3 +366,37 @@ def test_a_usable_new_experience_is_not_lost_to_a_degenerate_operations_answer(
 def test_unknown_distillation_or_unfinished_one_cannot_be_replayed(conn: psycopg.Connection[Any]) -> None:
     with pytest.raises(OperatorError, match="there is no distillation 404"):
         replay.replay(conn, 404)
+
+
+def test_an_answer_that_deletes_everything_it_is_shown_leaves_production_as_it_was(
+    conn: psycopg.Connection[Any], embedder: LocalEmbedder
+) -> None:
+    from grpod.daemon import library_admin
+
+    topics = ["account settings", "API keys", "billing", "exports", "invoices", "passwords", "tickets", "SSO"]
+    texts = [f"When asked about {topic}, search the documentation first." for topic in topics]
+    ingest(conn, agent_trace("seed", "seed", good=True))
+    v1 = publish(conn, "support", [Operation("ADD", text) for text in texts])
+    group_id = ready_group(conn, embedder, "k", KEY_QUERIES)
+    # What a prompt injection inside a trajectory would make the operations step answer.
+    hostile = json.dumps(
+        {"operations": [{"operation": "DELETE", "id": i, "text": None, "reason": "obsolete"} for i in range(1, 9)]}
+    )
+    llm = ScriptedLLM({**GOOD_SCRIPT, "operations": hostile})
+    run = distillation_store.distill_group(conn, llm, embedder, group_id)
+    assert run.status == "distilled" and "operations" in llm.calls
+    assert len([op for op in run.operations if op.kind == "DELETE"]) == 8
+
+    window = update_window.run_window(conn, llm, "support", force=True)
+
+    assert window.status == "refused" and window.label is None and window.version == v1 + 1
+    assert window.refused is not None and "max_deletes_per_version (3)" in window.refused
+    assert library_store.labels(conn, "support") == {"production": v1}
+    assert len(library_store.load(conn, "support", v1).experiences) == 8
+    assert conn.execute("SELECT status FROM distillations WHERE id = %s", (run.id,)).fetchone() == ("refused",)
+    (refusal,) = [entry for entry in library_admin.events(conn, "support") if entry["action"] == "refuse"]
+    assert refusal["to_version"] == window.version and "max_deletes_per_version" in refusal["reason"]
+    # Learning goes on from production, and an operator may still publish the refused version.
+    assert library_store.current_version(conn, "support") == v1
+    library_admin.promote(conn, "support", window.version, reason="reviewed: intended", actor="operator:test")
+    assert library_store.labels(conn, "support") == {"production": v1 + 1}

@@ -405,3 +405,14 @@ def test_a_consolidation_that_answers_too_little_keeps_the_proposals_it_did_not_
     )
     dropped = consolidate_window(Ledger(ScriptedLLM({"consolidation": dropping})), SETTINGS, proposals, {})
     assert [op.text for op in dropped.operations] == ["When A, do B."]
+
+
+def test_an_operations_answer_is_held_to_the_schemas_item_limit_after_tolerant_extraction() -> None:
+    many = [
+        {"operation": "ADD", "id": None, "text": f"When case {i} comes up, handle it carefully.", "reason": ""}
+        for i in range(40)
+    ]
+    answer = "Here they are: " + json.dumps({"operations": many})  # not valid JSON as a whole: extracted
+    result, _, _ = run({**GOOD_SCRIPT, "operations": answer}, LIBRARY)
+    assert len(result.operations) == 5  # for one close experience: the schema's maxItems
+    assert any("the answer held 40 operations; the limit is 5" in note.why for note in result.notes)

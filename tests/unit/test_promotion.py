@@ -65,6 +65,8 @@ def test_default_settings_round_trip() -> None:
         "rollback_min_traces": 30,
         "rollback_margin": 0.1,
         "test_alpha": 0.05,
+        "max_deletes_per_version": 3,
+        "max_removed_fraction": 0.25,
     }
     assert PublishSettings.from_json(defaults.to_json()) == defaults
     assert PublishSettings.from_json({}) == defaults
@@ -111,6 +113,11 @@ def test_custom_settings_round_trip() -> None:
         ("test_alpha", True),
         ("auto_rollback", "yes"),
         ("auto_rollback", 1),
+        ("max_deletes_per_version", -1),
+        ("max_deletes_per_version", 2.5),
+        ("max_removed_fraction", 1.5),
+        ("max_removed_fraction", -0.1),
+        ("max_removed_fraction", True),
     ],
 )
 def test_bad_setting_is_refused_by_name(field: str, value: object) -> None:

@@ -23,6 +23,7 @@ from pydantic_settings import (
 from grpod.schema.errors import ConfigError
 from grpod.schema.events import Limits
 from grpod.schema.spool import spool_folder
+from grpod.schema.urls import redact
 from grpod.sdk import settings as sdk_settings
 from grpod.sdk.settings import default_home
 
@@ -31,6 +32,7 @@ CONFIG_ENV = "GRPOD_CONFIG"
 
 DATABASE_SCHEMES = ("postgresql", "postgres")
 BROKER_SCHEMES = ("amqp", "amqps", "pyamqp", "filesystem", "memory")
+URL_FIELDS = ("database_url", "broker_url", "llm_base_url", "embeddings")
 
 
 class Settings(BaseSettings):
@@ -177,6 +179,7 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in DATABASE_SCHEMES:
             raise ValueError("is not a PostgreSQL URL; use postgresql://user:password@host:5432/dbname")
+        _require_numeric_port(value)
         return value
 
     @field_validator("broker_url")
@@ -187,6 +190,7 @@ class Settings(BaseSettings):
         scheme = urlsplit(value).scheme
         if scheme not in BROKER_SCHEMES:
             raise ValueError(f"has scheme {scheme!r}; use amqp://user:password@host:5672/vhost for RabbitMQ")
+        _require_numeric_port(value)
         return value
 
     @field_validator("embeddings")
@@ -204,6 +208,11 @@ class Settings(BaseSettings):
         if urlsplit(value).scheme not in ("http", "https"):
             raise ValueError("must be an http(s) URL of an OpenAI-compatible API")
         return value
+
+    def __repr_args__(self) -> Any:
+        # URLs may carry passwords: a repr (a log line, a traceback) shows them redacted.
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if isinstance(value, str) and name in URL_FIELDS else value
 
     # Derived facts -------------------------------------------------------
 
@@ -243,6 +252,13 @@ class Settings(BaseSettings):
         return self.broker_url or "filesystem://localhost/"
 
 
+def _require_numeric_port(url: str) -> None:
+    try:
+        urlsplit(url).port
+    except ValueError:
+        raise ValueError("has a port that is not a number from 1 to 65535") from None
+
+
 def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
@@ -264,7 +280,8 @@ def describe_validation_error(error: ValidationError) -> str:
     first = error.errors()[0]
     field = str(first["loc"][0]) if first["loc"] else "settings"
     value = first.get("input")
-    shown = "" if field == "llm_api_key" or value is None else f"={value}"
+    secret = field.endswith("api_key") or value is None
+    shown = "" if secret else f"={redact(str(value))}"
     if first["type"] == "value_error":  # our own validators phrase the whole remedy
         return f"{env_name(field)}{shown} {str(first['msg']).removeprefix('Value error, ')}."
     return f"{env_name(field)}{shown} is invalid: {first['msg']}."

@@ -41,7 +41,12 @@ class EventSource(Protocol):
     def ack(self, deliveries: Sequence[Delivery]) -> None: ...
     def release(self, deliveries: Sequence[Delivery]) -> None: ...
     def depth(self) -> int: ...
+    def keepalive(self) -> None: ...
+    def reconnect(self) -> None: ...
     def close(self) -> None: ...
+
+
+HEARTBEAT_SECONDS = 30  # AMQP heartbeats: a half-open socket is found within about twice this
 
 
 class AmqpSource:
@@ -49,21 +54,37 @@ class AmqpSource:
 
     def __init__(self, url: str, prefix: str, delivery_limit: int, prefetch: int) -> None:
         self.url = url
-        self.connection = Connection(url, heartbeat=0)
+        self.prefix = prefix
+        self.delivery_limit = delivery_limit
+        self.prefetch = prefetch
+        self._open()
+
+    def _open(self) -> None:
+        self.connection = Connection(self.url, heartbeat=HEARTBEAT_SECONDS)
         self.connection.ensure_connection(max_retries=3)
         _read_ahead(self.connection)
         channel = self.connection.channel()
-        self.queue = declare_event_queues(channel, prefix, url, delivery_limit)
+        self.queue = declare_event_queues(channel, self.prefix, self.url, self.delivery_limit)
         self.channel = self.connection.channel()
-        self.channel.basic_qos(prefetch_size=0, prefetch_count=prefetch, a_global=False)
+        self.channel.basic_qos(prefetch_size=0, prefetch_count=self.prefetch, a_global=False)
         self._buffer: list[Delivery] = []
         queues = [self.queue]
         self.consumer = Consumer(self.channel, queues=queues, on_message=self._on_message, no_ack=False)
         self.consumer.consume()
         self.dead_consumer = Consumer(
-            self.channel, queues=[dead_events_queue(prefix)], on_message=self._on_dead_message, no_ack=False
+            self.channel, queues=[dead_events_queue(self.prefix)], on_message=self._on_dead_message, no_ack=False
         )
         self.dead_consumer.consume()
+
+    def keepalive(self) -> None:
+        """Send and check heartbeats while the caller holds a batch (a database outage)."""
+        self.connection.heartbeat_check()
+
+    def reconnect(self) -> None:
+        """A new connection after the broker dropped this one: what was unacknowledged on the old one
+        the broker delivers again."""
+        self.close()
+        self._open()
 
     def _on_message(self, message: Any) -> None:
         self._buffer.append(Delivery(body=bytes(message.body), token=message))
@@ -75,6 +96,7 @@ class AmqpSource:
         self._buffer.append(Delivery(body=bytes(message.body), token=message, dead=True, death=reason))
 
     def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
+        self.connection.heartbeat_check()
         deadline = time.monotonic() + wait_seconds
         while len(self._buffer) < max_count:
             remaining = deadline - time.monotonic()
@@ -192,6 +214,12 @@ class SpoolSource:
 
     def depth(self) -> int:
         return spool_depth(self.folder)
+
+    def keepalive(self) -> None:
+        return None
+
+    def reconnect(self) -> None:
+        return None
 
     def close(self) -> None:
         # Whatever is still claimed goes back (a clean stop is not a failed delivery).

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import psycopg
+import structlog
 
 from grpod.schema.events import (
     Accepted,
@@ -29,6 +30,8 @@ from grpod.schema.events import (
     parse_event,
 )
 from grpod.schema.sql import load_queries
+
+log = structlog.stdlib.get_logger(__name__)
 
 QUERIES = ("grpod.schema", "queries/ingest.sql")
 
@@ -273,6 +276,18 @@ def _reward_rows(parsed: Sequence[Parsed], insertions: Sequence[Insertion]) -> I
         )
 
 
+# SQLSTATE classes that say the database cannot store anything now, whatever the event: connection
+# exceptions, insufficient resources (a full disk), operator intervention (a shutdown), system errors.
+OUTAGE_CLASSES = ("08", "53", "57", "58")
+READ_ONLY = "25006"  # a standby, or a primary made read-only
+
+
+def is_outage(error: psycopg.Error) -> bool:
+    """Whether the database failed, not the event: the batch must wait, never be rejected."""
+    state = error.sqlstate or ""
+    return isinstance(error, psycopg.OperationalError) or state.startswith(OUTAGE_CLASSES) or state == READ_ONLY
+
+
 def store_isolating_failures(
     conn: psycopg.Connection[Any],
     incoming: Sequence[Incoming],
@@ -286,17 +301,21 @@ def store_isolating_failures(
     """
     try:
         return store_batch(conn, incoming, limits, payload_limit)
-    except psycopg.OperationalError:
-        raise
-    except psycopg.Error:
-        pass
+    except psycopg.Error as error:
+        if is_outage(error):
+            raise
+        log.warning(
+            "storing a batch failed as a whole; storing its events one by one",
+            events=len(incoming),
+            error=str(error).splitlines()[0] if str(error) else type(error).__name__,
+        )
     total = BatchOutcome()
     for item in incoming:
         try:
             total.add(store_batch(conn, [item], limits, payload_limit))
-        except psycopg.OperationalError:
-            raise
         except psycopg.Error as error:
+            if is_outage(error):
+                raise
             rejection = Rejection(RejectReason.PROCESSING_ERROR, f"storing it failed: {error}".splitlines()[0])
             with conn.transaction(), conn.cursor() as cursor:
                 total.rejected_ids.extend(insert_rejections(cursor, [(item, rejection)], payload_limit))

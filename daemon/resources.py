@@ -31,17 +31,31 @@ def database_url() -> str:
     return embedded_database(current).url
 
 
-@cache
-def pool() -> ConnectionPool:
-    current = settings()
-    connection_pool = ConnectionPool(
-        database_url(),
+POOL_SIZE = 4
+
+
+def open_pool(url: str, current: Settings, *, max_size: int = POOL_SIZE) -> ConnectionPool:
+    """A pool of autocommit connections: what must be atomic says so with ``conn.transaction()``,
+    which is then a real transaction (never a savepoint inside one the first query opened), and
+    nothing holds a transaction open by accident across an embedding or an LLM call. Tests take
+    their connections from a pool opened here too."""
+    return ConnectionPool(
+        url,
         min_size=1,
-        max_size=4,
-        kwargs={"application_name": "grpod", "connect_timeout": current.database_connect_timeout},
+        max_size=max_size,
+        kwargs={
+            "application_name": "grpod",
+            "connect_timeout": current.database_connect_timeout,
+            "autocommit": True,
+        },
         name="grpod",
         open=True,
     )
+
+
+@cache
+def pool() -> ConnectionPool:
+    connection_pool = open_pool(database_url(), settings())
     atexit.register(connection_pool.close)
     return connection_pool
 

@@ -254,9 +254,11 @@ class Settings(BaseSettings):
 
 def _require_numeric_port(url: str) -> None:
     try:
-        urlsplit(url).port
+        port = urlsplit(url).port
     except ValueError:
-        raise ValueError("has a port that is not a number from 1 to 65535") from None
+        port = 0
+    if port == 0:
+        raise ValueError("has a port that is not a number from 1 to 65535")
 
 
 def env_name(field: str) -> str:

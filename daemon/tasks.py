@@ -104,8 +104,16 @@ def sweep_grouping() -> int:
     placed = 0
     with resources.pool().connection() as conn:
         domains = grouping_store.domains_with_ungrouped(conn)
-        for domain in domains:
-            placed += grouping_store.group_domain(conn, process_embedder(), domain, on_ready=_hand_off_ready).placed
+    for domain in domains:
+        # Each domain on its own: one that fails (its embeddings endpoint down, a bug) is logged and
+        # tried at the next sweep; it holds back no other domain.
+        try:
+            with resources.pool().connection() as conn:
+                run = grouping_store.group_domain(conn, process_embedder(), domain, on_ready=_hand_off_ready)
+            placed += run.placed
+        except Exception:
+            log.exception("grouping a domain failed; the next sweep tries again", domain=domain)
+    with resources.pool().connection() as conn:
         grouping_store.check_readiness(conn, grouping_store.unready_rewarded_groups(conn), on_ready=_hand_off_ready)
     return placed
 

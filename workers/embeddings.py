@@ -39,7 +39,18 @@ PROBE_TEXT = "dimension probe"
 
 
 class EmbeddingError(Exception):
-    """An embeddings API could not give the vectors; the message is one sentence naming GRPOD_EMBEDDINGS."""
+    """An embeddings API could not give the vectors; the message is one sentence naming GRPOD_EMBEDDINGS.
+
+    ``refused``: the API answered that it will not embed this input (400, 413, 422), as opposed to
+    being unreachable or failing: one bad text, not an outage.
+    """
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+REFUSING_STATUSES = (400, 413, 422)
 
 
 class Embedder(Protocol):
@@ -240,7 +251,8 @@ class OpenAIEmbedder:
         try:
             response = self._client.embeddings.create(input=list(texts), model=self.model, encoding_format="float")
         except openai.OpenAIError as error:
-            raise EmbeddingError(self._failure.describe(error)) from error
+            refused = isinstance(error, openai.APIStatusError) and error.status_code in REFUSING_STATUSES
+            raise EmbeddingError(self._failure.describe(error), refused=refused) from error
         rows = sorted(response.data, key=lambda item: item.index)
         try:
             vectors = vectors_from_answer(

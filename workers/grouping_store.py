@@ -16,11 +16,13 @@ from typing import Any
 
 import numpy as np
 import psycopg
+import structlog
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from grpod.schema.errors import OperatorError
 from grpod.schema.sql import load_queries
+from grpod.workers.embeddings import EmbeddingError
 from grpod.workers.grouping import (
     DomainSettings,
     Member,
@@ -34,6 +36,7 @@ from grpod.workers.grouping import (
 )
 
 QUERIES = ("grpod.schema", "queries/grouping.sql")
+log = structlog.stdlib.get_logger(__name__)
 ReadyGroups = Callable[[list[tuple[int, str]]], None]
 
 
@@ -239,6 +242,23 @@ class GroupingRun:
     placed: int
     new_groups: int
     ready: list[int]
+    refused: int = 0  # traces whose query the embeddings API refused: kept, never grouped
+
+
+def embed_isolating(embedder: Any, texts: Sequence[str]) -> tuple[list[Vector | None], dict[int, str]]:
+    """Vectors for ``texts``; a text the API refuses gets None and its reason, found by halving the
+    batch, so one bad query cannot hold back the others. An outage (not a refusal) raises."""
+    try:
+        return list(embedder.embed(texts)), {}
+    except EmbeddingError as error:
+        if not error.refused:
+            raise
+        if len(texts) == 1:
+            return [None], {0: str(error)}
+    half = len(texts) // 2
+    first, first_refused = embed_isolating(embedder, texts[:half])
+    second, second_refused = embed_isolating(embedder, texts[half:])
+    return first + second, first_refused | {half + i: why for i, why in second_refused.items()}
 
 
 def group_domain(
@@ -255,13 +275,19 @@ def group_domain(
     waiting = ungrouped(conn, domain, limit, trace_ids)
     if not waiting:
         return GroupingRun(0, 0, 0, [])
-    vectors = embedder.embed([query for _, query in waiting])
-    dimension = int(vectors.shape[1])
+    found, refused = embed_isolating(embedder, [query for _, query in waiting])
+    for index, why in refused.items():
+        conn.execute(_queries()["mark_grouping_error"], {"trace_id": waiting[index][0], "error": why[:1000]})
+        log.warning(
+            "the embeddings API refused a query; its trace is kept but not grouped", trace_id=waiting[index][0], why=why
+        )
+    embedded = [(trace_id, vector) for (trace_id, _), vector in zip(waiting, found, strict=True) if vector is not None]
+    if not embedded:
+        return GroupingRun(len(waiting), 0, 0, [], len(refused))
+    dimension = int(embedded[0][1].shape[0])
     state = claim_embedding_model(conn, domain, embedder.model, dimension)
     ensure_centroid_index(conn, dimension)
-    placements = place(
-        conn, domain, list(zip([t for t, _ in waiting], vectors, strict=True)), state.settings, dimension
-    )
+    placements = place(conn, domain, embedded, state.settings, dimension)
     touched = sorted({p.group_id for p in placements})
     ready: list[int] = []
 
@@ -271,7 +297,7 @@ def group_domain(
             on_ready(groups)
 
     check_readiness(conn, touched, collect)
-    return GroupingRun(len(waiting), len(placements), sum(p.new_group for p in placements), ready)
+    return GroupingRun(len(waiting), len(placements), sum(p.new_group for p in placements), ready, len(refused))
 
 
 def domains_with_ungrouped(conn: psycopg.Connection[Any]) -> list[str]:

@@ -64,14 +64,18 @@ WHERE trace_id = %(trace_id)s AND group_id IS NULL;
 -- name: ungrouped_traces
 -- Traces of a domain still waiting for a group, oldest first (optionally only these ids).
 SELECT trace_id, query FROM traces
-WHERE domain = %(domain)s AND group_id IS NULL
+WHERE domain = %(domain)s AND group_id IS NULL AND grouping_error IS NULL
   AND (%(trace_ids)s::text[] IS NULL OR trace_id = ANY(%(trace_ids)s::text[]))
 ORDER BY received_at
 LIMIT %(limit)s;
 
 -- name: domains_with_ungrouped_traces
 -- Domains that have traces waiting for a group (the beat sweep's work list).
-SELECT DISTINCT domain FROM traces WHERE group_id IS NULL;
+SELECT DISTINCT domain FROM traces WHERE group_id IS NULL AND grouping_error IS NULL;
+
+-- name: mark_grouping_error
+-- The embeddings API refused this trace's query: it stays stored, and waits for no group.
+UPDATE traces SET grouping_error = %(error)s WHERE trace_id = %(trace_id)s AND group_id IS NULL;
 
 -- name: group_members
 -- The members of groups, with their rewards, for the readiness rule.

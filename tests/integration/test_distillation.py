@@ -385,7 +385,8 @@ def test_an_answer_that_deletes_everything_it_is_shown_leaves_production_as_it_w
     llm = ScriptedLLM({**GOOD_SCRIPT, "operations": hostile})
     run = distillation_store.distill_group(conn, llm, embedder, group_id)
     assert run.status == "distilled" and "operations" in llm.calls
-    assert len([op for op in run.operations if op.kind == "DELETE"]) == 8
+    # The answer is held to the schema's item limit (5 for one new experience); still too many.
+    assert len([op for op in run.operations if op.kind == "DELETE"]) == 5
 
     window = update_window.run_window(conn, llm, "support", force=True)
 

@@ -164,3 +164,67 @@ def test_a_domain_never_mixes_models_and_reembed_switches(
     back = grouping_store.reembed(conn, embedder, "support")
     assert back.placed == 5
     assert grouping_store.domain_state(conn, "support").embedding_dimension == 384
+
+
+def test_a_query_the_embeddings_api_refuses_is_kept_aside_and_holds_back_no_other(
+    conn: psycopg.Connection[Any], embedder: LocalEmbedder
+) -> None:
+    from grpod.workers.embeddings import EmbeddingError, Vectors
+
+    class Refusing:
+        """The real model, behind an API that refuses any batch holding a query it cannot take."""
+
+        model = embedder.model
+        dimension = embedder.dimension
+        calls = 0
+
+        def embed(self, texts: Sequence[str]) -> Vectors:
+            Refusing.calls += 1
+            if any("REFUSE-ME" in text for text in texts):
+                raise EmbeddingError("the embeddings API answered 400: input too long", refused=True)
+            return embedder.embed(texts)
+
+    queries = ["How do I rotate my API key?", "REFUSE-ME please", "rotate api key how", "where is the API key page"]
+    ingest(conn, *(trace(f"r{i}", query=q) for i, q in enumerate(queries)))
+
+    run = grouping_store.group_domain(conn, Refusing(), "support")
+
+    assert (run.embedded, run.placed, run.refused) == (4, 3, 1)
+    row = conn.execute("SELECT group_id, grouping_error FROM traces WHERE trace_id = 'r1'").fetchone()
+    assert row is not None and row[0] is None and "input too long" in row[1]
+    assert grouping_store.ungrouped(conn, "support", 10) == []  # it waits for nothing: the domain is free
+    assert grouping_store.domains_with_ungrouped(conn) == []
+
+    class Down:
+        model = embedder.model
+        dimension = embedder.dimension
+
+        def embed(self, texts: Sequence[str]) -> Vectors:
+            raise EmbeddingError("the embeddings API cannot be reached")
+
+    ingest(conn, trace("r9", query="export my data"))
+    with pytest.raises(EmbeddingError, match="cannot be reached"):  # an outage is no refusal: nothing is set aside
+        grouping_store.group_domain(conn, Down(), "support")
+    assert [t for t, _ in grouping_store.ungrouped(conn, "support", 10)] == ["r9"]
+
+
+def test_a_group_is_ready_in_the_database_when_its_hand_off_runs(
+    conn: psycopg.Connection[Any], database_url: str, embedder: LocalEmbedder
+) -> None:
+    queries = ["How do I rotate my API key?", "rotate api key how", "how to rotate an API key", "API key rotation?"]
+    ingest(conn, *(trace(f"h{i}", query=q) for i, q in enumerate(queries)))
+    ingest(conn, *(reward(f"h{i}", float(i % 2)) for i in range(4)))
+    seen: list[object] = []
+
+    def hand_off(groups: list[tuple[int, str]]) -> None:
+        # What the distill task does first: read the group's readiness on a connection of its own.
+        with psycopg.connect(database_url) as other:
+            for group_id, _ in groups:
+                seen.append(
+                    other.execute("SELECT ready_at IS NOT NULL FROM groups WHERE id = %s", (group_id,)).fetchone()
+                )
+
+    grouping_store.set_settings(conn, "support", DomainSettings(group_size=4), {})
+    grouping_store.group_domain(conn, embedder, "support", on_ready=hand_off)
+
+    assert seen == [(True,)]

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from grpod.schema.errors import OperatorError
-from grpod.workers import grouping_store, library_store
+from grpod.workers import distillation_store, grouping_store, library_store
 from grpod.workers.distillation_store import (
     DistillationRun,
     distill_group,
@@ -55,6 +55,7 @@ def distill_domain(
     domain: str,
     *,
     group_id: int | None = None,
+    retry_failed: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> DomainRun:
     """Group the domain's waiting traces, distill its ready groups (or the one named), publish.
@@ -70,6 +71,8 @@ def distill_domain(
         row = conn.execute(queries()["group_to_distill"], {"group_id": group_id}).fetchone()
         if row is None or row[0] != domain:
             raise OperatorError(f"domain {domain!r} has no group {group_id}; `grpod groups {domain}` lists them.")
+    if retry_failed:  # the distillations that failed for good get their attempts again, now
+        say(f"retrying {len(distillation_store.retry_failed(conn, domain))} failed group(s)")
     grouped = grouping_store.GroupingRun(0, 0, 0, [])
     while grouping_store.ungrouped(conn, domain, 1):
         run = grouping_store.group_domain(conn, embedder(), domain)

@@ -17,24 +17,41 @@ from celery import Task, shared_task
 
 from grpod.daemon import resources
 from grpod.workers import maintenance
+from grpod.workers.embeddings import EmbeddingError
 
 log = structlog.stdlib.get_logger(__name__)
 LOST_TASK_SECONDS = 600.0  # a ready group older than this with no distillation lost its task
-BUSY_RETRY_SECONDS = 5.0
+BUSY_RETRY_SECONDS = 5.0  # a busy update window is looked at again after this, doubling ...
+BUSY_RESENDS = 5  # ... this many times; then the distillation sweep (every minute) finds it due
+# What a task retries on (with the app's bounded, jittered backoff: GRPOD_TASK_MAX_RETRIES and
+# GRPOD_RETRY_BACKOFF_MAX): the database or the broker away for a while. Anything else is a bug
+# or bad data, which retrying does not mend; the sweeps re-derive the work from the tables anyway.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    ConnectionError,
+    TimeoutError,
+    EmbeddingError,  # an embeddings endpoint away (a query it refuses is set aside, never raised)
+)
 
 
 @contextmanager
 def _autocommit() -> Iterator[psycopg.Connection[Any]]:
     """A connection of its own for a long task: it waits on an LLM without holding a transaction
     or a pooled connection, and its session locks go when it closes (or the process dies)."""
-    from grpod.daemon.database import connect
+    from grpod.daemon.database import APPLICATION_NAME
 
     settings = resources.settings()
-    with connect(resources.database_url(), autocommit=True, connect_timeout=settings.database_connect_timeout) as conn:
+    # psycopg's own error when the database is away (not the command line's sentence): a task retries it.
+    with psycopg.connect(
+        resources.database_url(),
+        autocommit=True,
+        connect_timeout=settings.database_connect_timeout,
+        application_name=APPLICATION_NAME,
+    ) as conn:
         yield conn
 
 
-@shared_task(name="grpod.maintenance.heartbeat", bind=True)
+@shared_task(name="grpod.maintenance.heartbeat", bind=True, autoretry_for=TRANSIENT)
 def heartbeat(self: Task[Any, Any], beat: dict[str, Any]) -> None:
     """Record that beat scheduled this and that a worker ran it."""
     worker = maintenance.this_process("worker", started_at=maintenance.PROCESS_STARTED_AT)
@@ -50,7 +67,7 @@ def heartbeat(self: Task[Any, Any], beat: dict[str, Any]) -> None:
     log.info("heartbeat", beat_hostname=scheduler.hostname)
 
 
-@shared_task(name="grpod.maintenance.expire_rewards")
+@shared_task(name="grpod.maintenance.expire_rewards", autoretry_for=TRANSIENT)
 def expire_rewards() -> int:
     """Rewards that waited longer than GRPOD_REWARD_TTL_SECONDS for their trace become rejected events."""
     settings = resources.settings()
@@ -68,7 +85,7 @@ def _hand_off_ready(groups: list[tuple[int, str]]) -> None:
         distill_group.apply_async(args=[group_id])
 
 
-@shared_task(name="grpod.group.assign_traces", bind=True)
+@shared_task(name="grpod.group.assign_traces", bind=True, autoretry_for=TRANSIENT)
 def assign_traces(self: Task[Any, Any], domain: str, trace_ids: list[str] | None = None) -> dict[str, int]:
     """Embed and group a domain's waiting traces (these ones, or the oldest waiting)."""
     from grpod.daemon.ports import process_embedder
@@ -83,7 +100,7 @@ def assign_traces(self: Task[Any, Any], domain: str, trace_ids: list[str] | None
     return {"embedded": run.embedded, "placed": run.placed, "new_groups": run.new_groups}
 
 
-@shared_task(name="grpod.group.check_readiness")
+@shared_task(name="grpod.group.check_readiness", autoretry_for=TRANSIENT)
 def check_readiness(trace_ids: list[str]) -> int:
     """Rewards arrived for these traces: re-check their groups' readiness."""
     from grpod.workers import grouping_store
@@ -95,7 +112,7 @@ def check_readiness(trace_ids: list[str]) -> int:
     return sum(verdict.ready for verdict in verdicts.values())
 
 
-@shared_task(name="grpod.group.sweep")
+@shared_task(name="grpod.group.sweep", autoretry_for=TRANSIENT)
 def sweep_grouping() -> int:
     """Beat's safety net: group traces whose task was lost and re-check groups that got rewards."""
     from grpod.daemon.ports import process_embedder
@@ -118,7 +135,7 @@ def sweep_grouping() -> int:
     return placed
 
 
-@shared_task(name="grpod.distill.group")
+@shared_task(name="grpod.distill.group", autoretry_for=TRANSIENT)
 def distill_group(group_id: int) -> str:
     """Distill one ready group; its operations then wait for the domain's update window."""
     from grpod.daemon.ports import process_embedder, process_llm
@@ -143,8 +160,8 @@ def _schedule_window(conn: psycopg.Connection[Any], domain: str) -> None:
             update_library.apply_async(kwargs={"domain": domain}, countdown=wait)
 
 
-@shared_task(name="grpod.library.update", bind=True)
-def update_library(self: Task[Any, Any], domain: str) -> str:
+@shared_task(name="grpod.library.update", bind=True, autoretry_for=TRANSIENT)
+def update_library(self: Task[Any, Any], domain: str, attempt: int = 0) -> str:
     """Publish the domain's waiting distillations as one library version once its window closes."""
     from grpod.daemon.ports import process_llm
     from grpod.workers import update_window
@@ -153,12 +170,14 @@ def update_library(self: Task[Any, Any], domain: str) -> str:
         run = update_window.run_window(conn, process_llm(), domain)
     if run.status == "waiting":
         update_library.apply_async(kwargs={"domain": domain}, countdown=run.wait_seconds)
-    elif run.status == "busy":  # another update of the domain runs: look again shortly
-        update_library.apply_async(kwargs={"domain": domain}, countdown=BUSY_RETRY_SECONDS)
+    elif run.status == "busy" and attempt < BUSY_RESENDS:  # another update of the domain runs
+        update_library.apply_async(
+            kwargs={"domain": domain, "attempt": attempt + 1}, countdown=BUSY_RETRY_SECONDS * 2**attempt
+        )
     return run.status
 
 
-@shared_task(name="grpod.distill.sweep")
+@shared_task(name="grpod.distill.sweep", autoretry_for=TRANSIENT)
 def sweep_distillation() -> dict[str, int]:
     """Beat's safety net: ready groups whose task was lost (or whose distillation failed and has
     waited out its backoff) and update windows that are due."""
@@ -176,7 +195,7 @@ def sweep_distillation() -> dict[str, int]:
     return {"groups": len(groups), "windows": len(windows)}
 
 
-@shared_task(name="grpod.library.judge")
+@shared_task(name="grpod.library.judge", autoretry_for=TRANSIENT)
 def judge_libraries() -> int:
     """Beat's judge: promote or discard candidates on their traces' rewards, roll back regressions."""
     from grpod.workers import library_store

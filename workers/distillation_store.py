@@ -44,6 +44,7 @@ from grpod.workers.promotion import PublishSettings
 QUERIES = ("grpod.schema", "queries/distillation.sql")
 BACKOFF_SECONDS = 60.0  # a failed distillation is tried again after this, doubling per attempt ...
 BACKOFF_MAX_SECONDS = 3600.0  # ... up to this
+MAX_ATTEMPTS = 5  # then it stays failed, with its reason, until `grpod distill DOMAIN --retry-failed`
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -267,11 +268,20 @@ def distill_group(
             library = parent.texts()
             result = distill(ledger, learning, samples, library, distillation_id, near=near_in(embedder, library))
         except (StepFailedError, LLMError) as error:
+            terminal = attempts >= MAX_ATTEMPTS
             backoff = backoff_seconds(attempts)
             conn.execute(
-                named["fail_distillation"], {"id": distillation_id, "error": str(error), "backoff_seconds": backoff}
+                named["fail_distillation"],
+                {"id": distillation_id, "error": str(error), "backoff_seconds": backoff, "terminal": terminal},
             )
-            bound.warning("distillation failed; the sweep tries again", error=str(error), retry_in_seconds=backoff)
+            if terminal:
+                bound.error(
+                    "distillation failed for good; `grpod distill DOMAIN --retry-failed` takes it again",
+                    error=str(error),
+                    attempts=attempts,
+                )
+            else:
+                bound.warning("distillation failed; the sweep tries again", error=str(error), retry_in_seconds=backoff)
             return DistillationRun("failed", group_id, domain, distillation_id, calls=ledger.calls, reason=str(error))
         with conn.transaction():
             conn.execute(
@@ -326,3 +336,9 @@ def groups_to_distill(
         queries()["groups_to_distill"], {"domain": domain, "limit": limit, "min_age_seconds": min_age_seconds}
     ).fetchall()
     return [(int(row[0]), str(row[1])) for row in rows]
+
+
+def retry_failed(conn: psycopg.Connection[Any], domain: str) -> list[int]:
+    """Give the domain's distillations that failed for good their attempts again; their groups."""
+    rows = conn.execute(queries()["retry_failed_distillations"], {"domain": domain}).fetchall()
+    return sorted({int(row[0]) for row in rows if row[0] is not None})

@@ -19,6 +19,9 @@ def distill(
     replay: Annotated[
         int | None, typer.Option("--replay", metavar="ID", help="Re-run a recorded distillation, with no LLM.")
     ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Take again the distillations that failed for good.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Distill a domain now, in this process: group its waiting traces, distill its ready groups, publish."""
@@ -42,14 +45,14 @@ def distill(
                 raise typer.Exit(1)
             return
         assert domain is not None
-        report = _distill_domain(conn, domain, group, quiet=as_json)
+        report = _distill_domain(conn, domain, group, retry_failed=retry_failed, quiet=as_json)
     if as_json:
         print_json(report.to_json())
         return
     _print_domain_run(report)
 
 
-def _distill_domain(conn: Any, domain: str, group: int | None, *, quiet: bool) -> Any:
+def _distill_domain(conn: Any, domain: str, group: int | None, *, retry_failed: bool, quiet: bool) -> Any:
     from rich.status import Status
 
     from grpod.daemon import distill_domain
@@ -59,7 +62,13 @@ def _distill_domain(conn: Any, domain: str, group: int | None, *, quiet: bool) -
     grouping_store.prepare(conn)
     with Status("grouping", console=Console(stderr=True, quiet=quiet)) as status:
         return distill_domain.distill_domain(
-            conn, process_llm, process_embedder, domain, group_id=group, progress=status.update
+            conn,
+            process_llm,
+            process_embedder,
+            domain,
+            group_id=group,
+            retry_failed=retry_failed,
+            progress=status.update,
         )
 
 

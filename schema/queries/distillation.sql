@@ -71,11 +71,19 @@ WHERE trace_id = ANY(%(trace_ids)s::text[]) AND used_by_distillation IS NULL;
 UPDATE groups SET ready_at = NULL WHERE id = %(group_id)s;
 
 -- name: fail_distillation
--- A distillation that failed: the group stays ready, and the sweep tries again after a backoff.
+-- A distillation that failed: the group stays ready, and the sweep tries again after a backoff;
+-- after its last attempt (terminal) it is tried again only when an operator asks.
 UPDATE distillations
 SET status = 'failed', error = %(error)s, finished_at = now(),
-    next_attempt_at = now() + make_interval(secs => %(backoff_seconds)s)
+    next_attempt_at = CASE WHEN %(terminal)s THEN NULL
+                           ELSE now() + make_interval(secs => %(backoff_seconds)s) END
 WHERE id = %(id)s AND status = 'running';
+
+-- name: retry_failed_distillations
+-- An operator's retry: the domain's distillations that failed for good get their attempts again.
+UPDATE distillations SET attempts = 0, next_attempt_at = now()
+WHERE domain = %(domain)s AND status = 'failed' AND next_attempt_at IS NULL
+RETURNING group_id;
 
 -- name: waiting_distillations
 -- A domain's distillations whose operations wait for the update window, oldest first.
@@ -107,7 +115,7 @@ WHERE g.ready_at IS NOT NULL
   AND (%(domain)s::text IS NULL OR g.domain = %(domain)s::text)
   AND NOT EXISTS (
       SELECT 1 FROM distillations d
-      WHERE d.group_id = g.id AND d.status = 'failed' AND d.next_attempt_at > now())
+      WHERE d.group_id = g.id AND d.status = 'failed' AND (d.next_attempt_at IS NULL OR d.next_attempt_at > now()))
 ORDER BY g.ready_at, g.id
 LIMIT %(limit)s;
 

@@ -401,3 +401,26 @@ def test_an_answer_that_deletes_everything_it_is_shown_leaves_production_as_it_w
     assert library_store.current_version(conn, "support") == v1
     library_admin.promote(conn, "support", window.version, reason="reviewed: intended", actor="operator:test")
     assert library_store.labels(conn, "support") == {"production": v1 + 1}
+
+
+def test_a_distillation_fails_for_good_after_its_attempts_until_an_operator_retries_it(
+    conn: psycopg.Connection[Any], embedder: LocalEmbedder
+) -> None:
+    from grpod.daemon.distill_domain import distill_domain
+
+    group_id = ready_group(conn, embedder, "k", KEY_QUERIES)
+    broken = ScriptedLLM({**GOOD_SCRIPT, "advantage": "no JSON at all"})
+    for attempt in range(1, distillation_store.MAX_ATTEMPTS + 1):
+        run = distillation_store.distill_group(conn, broken, embedder, group_id)
+        assert run.status == "failed", attempt
+        conn.execute("UPDATE distillations SET next_attempt_at = now() WHERE next_attempt_at IS NOT NULL")
+    row = conn.execute("SELECT status, attempts, next_attempt_at, error FROM distillations").fetchone()
+    assert row is not None and row[:3] == ("failed", distillation_store.MAX_ATTEMPTS, None) and "advantage" in row[3]
+    assert distillation_store.groups_to_distill(conn, "support") == []  # the sweep leaves it for good
+
+    good = ScriptedLLM(GOOD_SCRIPT)
+    report = distill_domain(conn, lambda: good, lambda: embedder, "support", retry_failed=True)
+
+    assert [r.status for r in report.distillations] == ["distilled"]
+    assert report.window is not None and report.window.status == "published"
+    assert conn.execute("SELECT status, attempts FROM distillations").fetchone() == ("applied", 1)

@@ -75,3 +75,19 @@ def test_beat_schedules_the_heartbeat(settings: Settings) -> None:
     assert schedule["heartbeat"]["task"] == "grpod.maintenance.heartbeat"
     assert schedule["heartbeat"]["schedule"] == settings.heartbeat_seconds
     assert set(schedule["heartbeat"]["kwargs"]["beat"]) == {"hostname", "pid", "started_at", "version"}
+
+
+def test_every_task_retries_transient_failures_within_the_settings_bounds() -> None:
+    import psycopg
+
+    from grpod.daemon.celery_app import create_app
+    from grpod.daemon.settings import Settings
+    from grpod.workers.embeddings import EmbeddingError
+
+    app = create_app(Settings(task_max_retries=4, retry_backoff_max=90))
+    app.loader.import_default_modules()  # what a worker does at start: the task modules register
+    ours = {name: task for name, task in app.tasks.items() if name.startswith("grpod.")}
+    assert len(ours) >= 9
+    for name, task in ours.items():
+        assert psycopg.OperationalError in task.autoretry_for and EmbeddingError in task.autoretry_for, name
+        assert (task.max_retries, task.retry_backoff_max, task.retry_backoff) == (4, 90, True), name

@@ -151,7 +151,7 @@ def recorded_calls(conn: psycopg.Connection[Any], distillation_id: int) -> list[
 
 # One group ---------------------------------------------------------------------------------------
 
-RunStatus = Literal["distilled", "failed", "busy", "finished_before", "not_ready", "frozen"]
+RunStatus = Literal["distilled", "failed", "superseded", "busy", "finished_before", "not_ready", "frozen"]
 
 
 @dataclass(frozen=True)
@@ -283,23 +283,36 @@ def distill_group(
             else:
                 bound.warning("distillation failed; the sweep tries again", error=str(error), retry_in_seconds=backoff)
             return DistillationRun("failed", group_id, domain, distillation_id, calls=ledger.calls, reason=str(error))
+        trace_ids = [sample.trace_id for sample in samples]
         with conn.transaction():
-            conn.execute(
-                named["finish_distillation"],
-                {
-                    "id": distillation_id,
-                    "summaries": Jsonb(result.summaries),
-                    "new_experiences": Jsonb(result.new_experiences),
-                    "operations": Jsonb(operations_json(result.operations)),
-                    "notes": Jsonb(notes_json(result.notes)),
-                    "neighbours": Jsonb(_neighbours_json(result.new_experiences, result.neighbours)),
-                },
-            )
-            conn.execute(
-                named["use_traces"],
-                {"distillation_id": distillation_id, "trace_ids": [sample.trace_id for sample in samples]},
-            )
-            conn.execute(named["unmark_ready"], {"group_id": group_id})
+            # Each trace is learned from once: another distillation of the group (its input key
+            # changed by a new reward or version) may have finished with some of them meanwhile.
+            used = {
+                str(row[0]): int(row[1])
+                for row in conn.execute(named["lock_traces"], {"trace_ids": trace_ids})
+                if row[1] is not None and int(row[1]) != distillation_id
+            }
+            why = ""
+            if used:
+                why = f"traces {', '.join(sorted(used))} were used meanwhile by distillation {min(used.values())}"
+                conn.execute(named["supersede_distillation"], {"id": distillation_id, "error": why})
+            else:
+                conn.execute(
+                    named["finish_distillation"],
+                    {
+                        "id": distillation_id,
+                        "summaries": Jsonb(result.summaries),
+                        "new_experiences": Jsonb(result.new_experiences),
+                        "operations": Jsonb(operations_json(result.operations)),
+                        "notes": Jsonb(notes_json(result.notes)),
+                        "neighbours": Jsonb(_neighbours_json(result.new_experiences, result.neighbours)),
+                    },
+                )
+                conn.execute(named["use_traces"], {"distillation_id": distillation_id, "trace_ids": trace_ids})
+                conn.execute(named["unmark_ready"], {"group_id": group_id})
+        if used:
+            bound.warning("distillation superseded; its result is not applied", why=why)
+            return DistillationRun("superseded", group_id, domain, distillation_id, calls=ledger.calls, reason=why)
         for note in result.notes:
             bound.info("operation " + note.action, proposed=note.proposed, why=note.why)
         bound.info(

@@ -61,6 +61,18 @@ SET status = 'distilled', summaries = %(summaries)s, new_experiences = %(new_exp
     notes = %(notes)s, neighbours = %(neighbours)s, finished_at = now()
 WHERE id = %(id)s AND status = 'running';
 
+-- name: lock_traces
+-- The traces a distillation is about to consume, locked, with who used them already.
+SELECT trace_id, used_by_distillation FROM traces
+WHERE trace_id = ANY(%(trace_ids)s::text[])
+ORDER BY trace_id
+FOR UPDATE;
+
+-- name: supersede_distillation
+-- Another distillation used some of its traces meanwhile: its result is not applied.
+UPDATE distillations SET status = 'superseded', error = %(error)s, finished_at = now()
+WHERE id = %(id)s AND status = 'running';
+
 -- name: use_traces
 -- The traces a distillation consumed (a later distillation of the group takes other ones).
 UPDATE traces SET used_by_distillation = %(distillation_id)s
@@ -107,7 +119,7 @@ GROUP BY d.domain, s.settings;
 
 -- name: groups_to_distill
 -- Ready groups (of one domain, or of all) marked at least min_age seconds ago, with no failed
--- distillation backing off.
+-- distillation backing off (or failed for good) and none started within min_age seconds.
 SELECT g.id, g.domain FROM groups g
 WHERE g.ready_at IS NOT NULL
   AND g.ready_at <= now() - make_interval(secs => %(min_age_seconds)s)
@@ -116,6 +128,11 @@ WHERE g.ready_at IS NOT NULL
   AND NOT EXISTS (
       SELECT 1 FROM distillations d
       WHERE d.group_id = g.id AND d.status = 'failed' AND (d.next_attempt_at IS NULL OR d.next_attempt_at > now()))
+  -- one running now (an LLM can take minutes) is no lost task: the sweep leaves it to its worker
+  AND NOT EXISTS (
+      SELECT 1 FROM distillations d
+      WHERE d.group_id = g.id AND d.status = 'running'
+        AND d.started_at > now() - make_interval(secs => %(min_age_seconds)s))
 ORDER BY g.ready_at, g.id
 LIMIT %(limit)s;
 

@@ -424,3 +424,31 @@ def test_a_distillation_fails_for_good_after_its_attempts_until_an_operator_retr
     assert [r.status for r in report.distillations] == ["distilled"]
     assert report.window is not None and report.window.status == "published"
     assert conn.execute("SELECT status, attempts FROM distillations").fetchone() == ("applied", 1)
+
+
+def test_traces_another_distillation_used_meanwhile_are_not_learned_from_twice(
+    conn: psycopg.Connection[Any], database_url: str, embedder: LocalEmbedder
+) -> None:
+    group_id = ready_group(conn, embedder, "k", KEY_QUERIES)
+    other: list[distillation_store.DistillationRun] = []
+    started: list[bool] = []
+
+    def advantage(messages: Any) -> str:
+        if not started:  # while this one waits on its LLM, a reward changes the group's input and a second runs
+            started.append(True)
+            ingest(conn, reward("k1", 0.5, source="grader"))
+            with psycopg.connect(database_url, autocommit=True) as own:
+                grouping_store.prepare(own)
+                other.append(distillation_store.distill_group(own, llm, embedder, group_id, require_marked=False))
+        return str(GOOD_SCRIPT["advantage"])
+
+    llm = ScriptedLLM({**GOOD_SCRIPT, "advantage": advantage})
+    first = distillation_store.distill_group(conn, llm, embedder, group_id)
+
+    (second,) = other
+    assert second.status == "distilled" and first.status == "superseded"
+    assert f"by distillation {second.id}" in first.reason
+    used = conn.execute("SELECT DISTINCT used_by_distillation FROM traces WHERE group_id = %s", (group_id,)).fetchall()
+    assert used == [(second.id,)]
+    assert conn.execute("SELECT status FROM distillations WHERE id = %s", (first.id,)).fetchone() == ("superseded",)
+    assert update_window.run_window(conn, llm, "support", force=True).distillation_ids == [second.id]

@@ -17,7 +17,7 @@ import psycopg
 import structlog
 
 from grpod.workers import library_store
-from grpod.workers.distillation import LearningSettings, consolidate_window, window_wait
+from grpod.workers.distillation import Consolidated, LearningSettings, consolidate_window, window_wait
 from grpod.workers.distillation_store import (
     domain_settings,
     notes_json,
@@ -27,13 +27,15 @@ from grpod.workers.distillation_store import (
     require_autocommit,
 )
 from grpod.workers.ledger import CallRecord, Ledger
-from grpod.workers.library import removal_refusal
+from grpod.workers.library import LibraryVersion, removal_refusal
 from grpod.workers.llm import LLM
 from grpod.workers.operations import Note, Operation
+from grpod.workers.promotion import PublishSettings
 
 log = structlog.stdlib.get_logger(__name__)
 
 
+WINDOW_ROUNDS = 3  # consolidations of one window when the library keeps changing under it
 WindowStatus = Literal["published", "refused", "no_change", "waiting", "busy", "empty", "frozen"]
 
 
@@ -74,9 +76,10 @@ def run_window(conn: psycopg.Connection[Any], llm: LLM, domain: str, *, force: b
     require_autocommit(conn)
     named = queries()
     _, learning, publishing = domain_settings(conn, domain)
-    if not library_store.lock_updates(conn, domain):
-        return WindowRun("busy", domain)
-    try:
+    for _ in range(WINDOW_ROUNDS):
+        # Read and consolidate with no lock held: the consolidation waits on an LLM, and an
+        # operator's rollback must never wait behind it. The lock is taken to publish, and what the
+        # LLM saw is checked to hold still; if it does not, the window is consolidated again.
         if library_store.library_state(conn, domain).frozen:
             return WindowRun("frozen", domain)
         rows = conn.execute(named["waiting_distillations"], {"domain": domain}).fetchall()
@@ -92,47 +95,72 @@ def run_window(conn: psycopg.Connection[Any], llm: LLM, domain: str, *, force: b
         parent = library_store.load(conn, domain, library_store.current_version(conn, domain))
         ledger = Ledger(llm, recorder(conn, domain, None))
         consolidated = consolidate_window(ledger, learning, proposals, parent.texts())
+        if not library_store.lock_updates(conn, domain):
+            return WindowRun("busy", domain)
+        try:
+            still = [int(row[0]) for row in conn.execute(named["waiting_distillations"], {"domain": domain})]
+            if still != ids or library_store.current_version(conn, domain) != parent.version:
+                log.info("the library or the window changed during its consolidation; consolidating again")
+                continue
+            published = _publish(conn, domain, parent, ids, groups, traces, consolidated, ledger, publishing)
+        finally:
+            library_store.unlock_updates(conn, domain)
+        return published
+    return WindowRun("busy", domain)  # changed under it every round: the sweep sends it again
 
-        def provenance(operation: Operation) -> Mapping[str, Any]:
-            sources = list(operation.sources)
-            return {
-                "distillations": sources,
-                "groups": sorted({groups[s] for s in sources if groups.get(s) is not None}),
-                "traces": sorted({t for s in sources for t in traces.get(s, ())}),
-            }
 
-        version: int | None = None
-        label: str | None = None
-        reason = f"update window of {len(ids)} distillation(s): {', '.join(map(str, ids))}"
-        refused = removal_refusal(
-            parent.experiences,
-            consolidated.operations,
-            publishing.max_deletes_per_version,
-            publishing.max_removed_fraction,
-        )
-        with conn.transaction():
-            if consolidated.operations:
-                version = library_store.publish(
-                    conn,
-                    parent,
-                    consolidated.operations,
-                    consolidated.notes,
-                    created_by="distillation",
-                    reason=reason,
-                    provenance=provenance,
-                    distillation_ids=ids,
-                    llm_call_ids=[call.id for call in ledger.calls if call.id is not None],
-                )
-                if refused is None:
-                    label = library_store.label_new_version(conn, domain, version, actor="distillation", reason=reason)
-                else:
-                    library_store.refuse_new_version(conn, domain, version, reason=f"refused: {refused}")
-            conn.execute(
-                named["apply_distillations"],
-                {"ids": ids, "version": version, "status": "applied" if refused is None else "refused"},
+def _publish(
+    conn: psycopg.Connection[Any],
+    domain: str,
+    parent: LibraryVersion,
+    ids: list[int],
+    groups: Mapping[int, Any],
+    traces: Mapping[int, list[str]],
+    consolidated: Consolidated,
+    ledger: Ledger,
+    publishing: PublishSettings,
+) -> WindowRun:
+    """The window's one version and its distillations, in one transaction, under the domain's lock."""
+    named = queries()
+
+    def provenance(operation: Operation) -> Mapping[str, Any]:
+        sources = list(operation.sources)
+        return {
+            "distillations": sources,
+            "groups": sorted({groups[s] for s in sources if groups.get(s) is not None}),
+            "traces": sorted({t for s in sources for t in traces.get(s, ())}),
+        }
+
+    version: int | None = None
+    label: str | None = None
+    reason = f"update window of {len(ids)} distillation(s): {', '.join(map(str, ids))}"
+    refused = removal_refusal(
+        parent.experiences,
+        consolidated.operations,
+        publishing.max_deletes_per_version,
+        publishing.max_removed_fraction,
+    )
+    with conn.transaction():
+        if consolidated.operations:
+            version = library_store.publish(
+                conn,
+                parent,
+                consolidated.operations,
+                consolidated.notes,
+                created_by="distillation",
+                reason=reason,
+                provenance=provenance,
+                distillation_ids=ids,
+                llm_call_ids=[call.id for call in ledger.calls if call.id is not None],
             )
-    finally:
-        library_store.unlock_updates(conn, domain)
+            if refused is None:
+                label = library_store.label_new_version(conn, domain, version, actor="distillation", reason=reason)
+            else:
+                library_store.refuse_new_version(conn, domain, version, reason=f"refused: {refused}")
+        conn.execute(
+            named["apply_distillations"],
+            {"ids": ids, "version": version, "status": "applied" if refused is None else "refused"},
+        )
     if refused is not None:
         log.warning("library version refused by the guard", domain=domain, version=version, why=refused)
     log.info(

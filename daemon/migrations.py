@@ -95,6 +95,28 @@ def shipped_migrations() -> list[Migration]:
     return parse_migration_files(files)
 
 
+VECTOR_MINIMUM = (0, 8)  # iterative index scans (hnsw.iterative_scan), which grouping relies on
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
+def vector_version_problem(default_version: str | None, installed_version: str | None) -> str | None:
+    """What is wrong with the server's pgvector for grpod, in words an operator can act on, or None."""
+    wanted = ".".join(map(str, VECTOR_MINIMUM))
+    if installed_version is not None and _version(installed_version) < VECTOR_MINIMUM:
+        if default_version is not None and _version(default_version) >= VECTOR_MINIMUM:
+            return (
+                f"the database has pgvector {installed_version}, and grpod needs {wanted} or newer; "
+                "run ALTER EXTENSION vector UPDATE as its owner"
+            )
+        return f"the database has pgvector {installed_version}; install pgvector {wanted} or newer on the server"
+    if installed_version is None and default_version is not None and _version(default_version) < VECTOR_MINIMUM:
+        return f"the server offers pgvector {default_version}; install pgvector {wanted} or newer on it"
+    return None
+
+
 @dataclass(frozen=True)
 class MigrationReport:
     applied: list[Migration]
@@ -113,6 +135,10 @@ def migrate(database_url: str, *, connect_timeout: int = 10) -> MigrationReport:
                 "extension; install pgvector on that server (for example the pgvector/pgvector "
                 "image) or unset GRPOD_DATABASE_URL to use the embedded database."
             )
+        versions = conn.execute(queries["vector_versions"]).fetchone()
+        problem = vector_version_problem(*versions) if versions is not None else None
+        if problem is not None:
+            raise ConfigError(f"GRPOD_DATABASE_URL={redact(database_url)}: {problem}.")
         conn.execute(queries["take_migration_lock"])
         try:
             conn.execute(queries["create_migrations_table"])

@@ -10,6 +10,10 @@ SELECT pg_advisory_unlock(hashtext('grpod.migrations'));
 -- Whether the server has the pgvector extension installed (not yet created).
 SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector');
 
+-- name: vector_versions
+-- The pgvector version the server would create, and the one the database has (NULL: none yet).
+SELECT default_version, installed_version FROM pg_available_extensions WHERE name = 'vector';
+
 -- name: create_migrations_table
 -- The record of applied migrations.
 CREATE TABLE IF NOT EXISTS grpod_migrations (

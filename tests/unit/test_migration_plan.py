@@ -60,3 +60,17 @@ def test_shipped_migrations_start_with_the_vector_extension() -> None:
     migrations = shipped_migrations()
     assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
     assert "CREATE EXTENSION IF NOT EXISTS vector" in migrations[0].sql
+
+
+def test_pgvector_older_than_0_8_is_refused_with_what_to_do() -> None:
+    from grpod.daemon.migrations import vector_version_problem
+
+    assert vector_version_problem("0.8.5", None) is None
+    assert vector_version_problem("0.8.0", "0.8.0") is None
+    assert vector_version_problem("0.10.1", "0.9.0") is None
+    old_server = vector_version_problem("0.7.4", None)
+    assert old_server is not None and "offers pgvector 0.7.4" in old_server and "0.8 or newer" in old_server
+    behind = vector_version_problem("0.8.1", "0.7.0")
+    assert behind is not None and "ALTER EXTENSION vector UPDATE" in behind
+    stuck = vector_version_problem("0.7.4", "0.7.4")
+    assert stuck is not None and "install pgvector 0.8 or newer" in stuck

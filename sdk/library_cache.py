@@ -17,6 +17,7 @@ extra.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,19 @@ if TYPE_CHECKING:
 
 CHANNEL = "grpod_library"
 DEFAULT_MAX_STALENESS = 30.0
+# Even while the listener believes it is listening, an entry is read again after this: a
+# notification lost on a half-open connection delays a rollback by this much at most.
+DEFAULT_MAX_AGE = 300.0
+DEFAULT_CONNECT_TIMEOUT = 5
+# The listener's socket: TCP keepalives and a user timeout find a half-open connection in about 30 s.
+LISTENER_SOCKET = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+log = logging.getLogger("grpod.sdk")
 DEFAULT_TOKEN_BUDGET = 2000
 RECONNECT_MAX_SECONDS = 30.0
 
@@ -47,6 +61,8 @@ class LibraryCache:
         database_url: str,
         *,
         max_staleness: float = DEFAULT_MAX_STALENESS,
+        max_age: float = DEFAULT_MAX_AGE,
+        connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
         token_budget: int | None = DEFAULT_TOKEN_BUDGET,
         listen: bool = True,
         clock: Callable[[], float] = time.monotonic,
@@ -60,6 +76,8 @@ class LibraryCache:
             ) from None
         self._url = database_url
         self.max_staleness = max_staleness
+        self.max_age = max_age
+        self.connect_timeout = connect_timeout
         self.token_budget = token_budget
         self._clock = clock
         self._query = load_queries("grpod.schema", "queries/library.sql")["serve"]
@@ -91,7 +109,8 @@ class LibraryCache:
             entry = self._entries.get(key)
         if entry is not None:
             library, fetched_at = entry
-            if self._listening.is_set() or self._clock() - fetched_at < self.max_staleness:
+            age = self._clock() - fetched_at
+            if age < self.max_staleness or (self._listening.is_set() and age < self.max_age):
                 return library
         try:
             return self._fetch(key)
@@ -118,7 +137,12 @@ class LibraryCache:
             for attempt in (1, 2):  # a connection that broke since the last fetch is opened again once
                 try:
                     if self._reader is None or self._reader.closed:
-                        self._reader = psycopg.connect(self._url, autocommit=True, application_name="grpod-sdk")
+                        self._reader = psycopg.connect(
+                            self._url,
+                            autocommit=True,
+                            application_name="grpod-sdk",
+                            connect_timeout=self.connect_timeout,
+                        )
                     row = self._reader.execute(self._query, {"domain": domain, "label": label}).fetchone()
                     break
                 except psycopg.OperationalError:
@@ -137,11 +161,17 @@ class LibraryCache:
 
     def _listen(self) -> None:
         import psycopg
+        from psycopg.conninfo import make_conninfo
 
         delay = 0.5
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._url, autocommit=True, application_name="grpod-sdk-listener") as conn:
+                with psycopg.connect(
+                    make_conninfo(self._url, **LISTENER_SOCKET),
+                    autocommit=True,
+                    application_name="grpod-sdk-listener",
+                    connect_timeout=self.connect_timeout,
+                ) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     # Anything may have moved while nobody listened: start from fresh reads.
                     self.invalidate()
@@ -150,8 +180,9 @@ class LibraryCache:
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):
                             self._on_notify(note.payload)
-            except psycopg.Error:
-                pass
+            except psycopg.Error as error:
+                # Entries now expire after max_staleness until the listener is back.
+                log.warning("grpod library listener lost (%s); reconnecting in %.1f s", error, delay)
             self._listening.clear()
             self._stop.wait(delay)
             delay = min(RECONNECT_MAX_SECONDS, delay * 2)

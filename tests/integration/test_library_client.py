@@ -105,3 +105,21 @@ def test_with_the_database_gone_the_last_library_is_served_and_a_new_one_is_a_cl
             assert cache.get("support").version == 1 and cache.stale_served == 1
             with pytest.raises(LibraryUnavailableError, match="the library of 'billing' \\(production\\) cannot be"):
                 cache.get("billing")
+
+
+def test_a_notification_lost_while_listening_reaches_the_agent_within_max_age(
+    conn: psycopg.Connection[Any], database_url: str
+) -> None:
+    make_domain(conn)
+    publish(conn, "support", [Operation("ADD", "When A, do B.")])
+    publish(conn, "support", [Operation("ADD", "When C, do D.")])
+    clock = [0.0]
+    with LibraryCache(database_url, max_staleness=1.0, max_age=60.0, clock=lambda: clock[0]) as cache:
+        assert cache.wait_listening()
+        assert cache.get("support").version == 2
+        # Production moves with no NOTIFY (as if it were lost on a half-open listener).
+        conn.execute("UPDATE library_labels SET version = 1 WHERE domain = 'support' AND label = 'production'")
+        clock[0] = 30.0  # stale, but the listener looks alive: the entry is still trusted ...
+        assert cache.get("support").version == 2
+        clock[0] = 61.0  # ... until max_age, whatever the listener says
+        assert cache.get("support").version == 1

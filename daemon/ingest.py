@@ -15,6 +15,7 @@ import structlog
 from celery import bootsteps
 
 from grpod.daemon import resources
+from grpod.daemon.health import HealthReporter
 from grpod.daemon.settings import Settings
 from grpod.schema.topology import is_rabbitmq
 from grpod.workers.event_source import AmqpSource, EventSource, SpoolSource
@@ -54,6 +55,7 @@ class IngestConsumerStep(bootsteps.StartStopStep):
         super().__init__(parent, **options)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._health: HealthReporter | None = None
 
     def start(self, parent: Any) -> None:
         settings = resources.settings()
@@ -69,6 +71,8 @@ class IngestConsumerStep(bootsteps.StartStopStep):
         consumer = consumer_from_settings(settings, resources.database_url(), on_stored=hand_off)
         self._thread = threading.Thread(target=consumer.run, args=(self._stop,), name="grpod-ingest", daemon=True)
         self._thread.start()
+        self._health = HealthReporter(settings, resources.database_url(), consumer, self._thread)
+        self._health.start()
         log.info("ingest consumer started", batch_size=consumer.batch_size)
 
     def stop(self, parent: Any) -> None:
@@ -76,6 +80,8 @@ class IngestConsumerStep(bootsteps.StartStopStep):
         if self._thread is not None:
             self._thread.join(timeout=30)
             log.info("ingest consumer stopped")
+        if self._health is not None:
+            self._health.stop()
 
 
 def main() -> None:
@@ -90,8 +96,13 @@ def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     consumer = consumer_from_settings(settings, resources.database_url())
+    health = HealthReporter(settings, resources.database_url(), consumer, threading.current_thread())
+    health.start()
     log.info("ingest consumer started")
-    totals = consumer.run(stop)
+    try:
+        totals = consumer.run(stop)
+    finally:
+        health.stop()
     log.info("ingest consumer stopped", accepted=totals.accepted, duplicates=totals.duplicates)
 
 

@@ -36,6 +36,7 @@ class SeenProcess:
     started_at: datetime
     seen_at: datetime
     age_seconds: float
+    state: str | None = None  # an ingest consumer's: consuming, waiting_for_database, ...
 
 
 def this_process(role: str, started_at: datetime) -> Heartbeat:
@@ -78,3 +79,11 @@ def expire_orphan_rewards(conn: psycopg.Connection[Any], ttl_seconds: int) -> in
             load_queries("grpod.schema", "queries/ingest.sql")["expire_orphan_rewards"], {"ttl_seconds": ttl_seconds}
         ).fetchall()
     return len(rows)
+
+
+def record_consumer_state(conn: psycopg.Connection[Any], hostname: str, pid: int, state: str) -> None:
+    """What this host's ingest consumer is doing (consuming, waiting for the database, ...)."""
+    conn.execute(
+        load_queries(*QUERIES)["record_consumer_state"],
+        {"hostname": hostname, "pid": pid, "version": version("grpod"), "state": state},
+    )

@@ -164,7 +164,7 @@ def status(as_json: JsonOption = False) -> None:
     table = Table("role", "hostname", "pid", "version", "seen", title="processes")
     for process in report["processes"]:
         table.add_row(
-            process["role"],
+            process["role"] + (f" ({process['state'].replace('_', ' ')})" if process.get("state") else ""),
             process["hostname"],
             str(process["pid"]),
             process["version"],
@@ -185,3 +185,29 @@ def demo(as_json: JsonOption = False) -> None:
         print_json(report_json(report))
         return
     print_report(report, Console())
+
+
+@app.command()
+def health(
+    live: Annotated[bool, typer.Option("--live", help="Only whether this host's worker runs its consumer.")] = False,
+    ready: Annotated[
+        bool, typer.Option("--ready", help="Also whether it is consuming and the database answers (the default).")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Exit 0 when this host's worker is live (or ready), 1 when not, saying why."""
+    import time
+
+    from grpod.daemon import health as checks
+
+    settings = command_settings()
+    if live and ready:
+        raise OperatorError("give --live or --ready, not both.")
+    reachable = checks.database_reachable(resources.database_url(), settings.database_connect_timeout)
+    verdict = checks.judge(checks.read_reports(settings), time.time(), reachable)
+    ok = verdict.live if live else verdict.ready
+    if as_json:
+        print_json({"ok": ok, "check": "live" if live else "ready", **verdict.to_json()})
+    else:
+        typer.echo(("live" if live else "ready") + (": yes" if ok else ": no (" + "; ".join(verdict.reasons) + ")"))
+    raise typer.Exit(0 if ok else 1)

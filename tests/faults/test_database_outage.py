@@ -7,6 +7,7 @@ PostgreSQL server of the test's own on TCP, stopped and started with pg_ctl, and
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
@@ -26,6 +27,13 @@ from .tcp_postgres import TcpPostgres
 
 OUTAGE_SECONDS = float(os.environ.get("GRPOD_FAULT_OUTAGE_SECONDS", "60"))
 EVENTS_PER_SECOND = 20
+
+
+def health(env: dict[str, str], check: str = "--ready") -> tuple[int, bool, str]:
+    """`grpod health` as a container's health check runs it: its exit code, its verdict, and why."""
+    result = run_grpod(["health", check, "--json"], env, timeout=60)
+    report = json.loads(result.stdout)
+    return result.returncode, bool(report["ok"]), "; ".join(report["reasons"])
 
 
 def count(url: str, table: str) -> int | None:
@@ -70,9 +78,12 @@ def test_a_database_outage_holds_events_back_and_rejects_none(
     publisher = threading.Thread(target=publish)
     try:
         publisher.start()
-        time.sleep(5)
+        time.sleep(8)
+        healthy = health(env)
         tcp_postgres.stop()
-        time.sleep(OUTAGE_SECONDS)
+        time.sleep(min(15.0, OUTAGE_SECONDS / 2))
+        outage_live, outage_ready = health(env, "--live"), health(env)
+        time.sleep(max(0.0, OUTAGE_SECONDS - min(15.0, OUTAGE_SECONDS / 2)))
         during = len(published)
         tcp_postgres.start()
         restarted = time.monotonic()
@@ -93,6 +104,11 @@ def test_a_database_outage_holds_events_back_and_rejects_none(
             time.sleep(0.5)
 
         assert consumer.poll() is None, "the consumer died"  # it was never restarted
+        # Health: ready before; live but not ready while it holds its batch; ready again after.
+        assert healthy[:2] == (0, True), healthy
+        assert outage_live[:2] == (0, True), outage_live
+        assert outage_ready[:2] == (1, False) and "the database does not answer" in outage_ready[2]
+        assert health(env)[:2] == (0, True)
         assert resumed is not None and resumed < 10, f"ingest resumed {resumed} s after the restart"
         assert slowest_publish < 5, f"a publish took {slowest_publish:.1f} s while the database was down"
         assert during > EVENTS_PER_SECOND * OUTAGE_SECONDS / 4  # events kept flowing during the outage

@@ -24,6 +24,7 @@ import structlog
 
 from grpod.daemon.settings import Settings
 from grpod.workers import maintenance
+from grpod.workers.event_source import process_alive
 from grpod.workers.ingest_consumer import IngestConsumer
 
 REPORT_SECONDS = 5.0
@@ -84,7 +85,7 @@ def read_reports(settings: Settings, hostname: str | None = None) -> list[Consum
     for path in sorted(health_folder(settings).glob(f"{host}-*.json")):
         with contextlib.suppress(OSError, ValueError, TypeError):
             report = ConsumerReport(**json.loads(path.read_text()))
-            if _alive(report.pid):
+            if process_alive(report.pid):
                 reports.append(report)
     return reports
 
@@ -95,16 +96,6 @@ def database_reachable(url: str, timeout: int = 3) -> bool:
             conn.execute("SELECT 1")
     except psycopg.Error:
         return False
-    return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 

@@ -169,7 +169,7 @@ class SpoolSource:
         for claim in self.claims_root.iterdir():
             owner = claim.name.split("-", 1)[0]
             pid = int(owner) if owner.isdigit() else 0
-            if pid and _alive(pid):
+            if pid and process_alive(pid):
                 continue
             for path in claim.iterdir():
                 os.replace(path, self.folder / with_attempts(path.name, attempts_of(path.name) + 1))
@@ -229,7 +229,8 @@ class SpoolSource:
             self.claims.rmdir()
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host with this pid runs (a claim, a report, is still its own)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

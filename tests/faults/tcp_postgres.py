@@ -80,3 +80,14 @@ class TcpPostgres:
         with contextlib.suppress(subprocess.CalledProcessError):  # stopped already
             self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def count_rows(url: str, table: str) -> int | None:
+    """Rows of ``table``; None while the server is away."""
+    try:
+        with psycopg.connect(url, connect_timeout=2) as conn:
+            row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    except psycopg.OperationalError:
+        return None
+    assert row is not None
+    return int(row[0])

@@ -23,7 +23,7 @@ from grpod.sdk import Client, ClientSettings
 
 from ..e2e.helpers import GRPOD, grpod_env, run_grpod
 from ..factories import reward, trace
-from .tcp_postgres import TcpPostgres
+from .tcp_postgres import TcpPostgres, count_rows
 
 OUTAGE_SECONDS = float(os.environ.get("GRPOD_FAULT_OUTAGE_SECONDS", "60"))
 EVENTS_PER_SECOND = 20
@@ -34,16 +34,6 @@ def health(env: dict[str, str], check: str = "--ready") -> tuple[int, bool, str]
     result = run_grpod(["health", check, "--json"], env, timeout=60)
     report = json.loads(result.stdout)
     return result.returncode, bool(report["ok"]), "; ".join(report["reasons"])
-
-
-def count(url: str, table: str) -> int | None:
-    try:
-        with psycopg.connect(url, connect_timeout=2) as conn:
-            row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
-    except psycopg.OperationalError:
-        return None
-    assert row is not None
-    return int(row[0])
 
 
 @pytest.mark.rabbitmq
@@ -87,10 +77,10 @@ def test_a_database_outage_holds_events_back_and_rejects_none(
         during = len(published)
         tcp_postgres.start()
         restarted = time.monotonic()
-        before = count(database, "traces")
+        before = count_rows(database, "traces")
         resumed = None
         while time.monotonic() - restarted < 30:
-            now = count(database, "traces")
+            now = count_rows(database, "traces")
             if now is not None and before is not None and now > before:
                 resumed = time.monotonic() - restarted
                 break
@@ -100,7 +90,7 @@ def test_a_database_outage_holds_events_back_and_rejects_none(
         stop.set()
         publisher.join(timeout=30)
         deadline = time.monotonic() + 60
-        while count(database, "traces") != len(published) and time.monotonic() < deadline:
+        while count_rows(database, "traces") != len(published) and time.monotonic() < deadline:
             time.sleep(0.5)
 
         assert consumer.poll() is None, "the consumer died"  # it was never restarted

@@ -15,17 +15,14 @@ from grpod.sdk import Client, ClientSettings
 
 from ..e2e.helpers import GRPOD, grpod_env, run_grpod
 from ..factories import reward, trace
-from .tcp_postgres import TcpPostgres
+from .tcp_postgres import TcpPostgres, count_rows
 
 EVENTS = 3000
 KILLS = 4
 
 
 def stored(database: str) -> int:
-    with psycopg.connect(database) as conn:
-        row = conn.execute("SELECT count(*) FROM traces").fetchone()
-    assert row is not None
-    return int(row[0])
+    return count_rows(database, "traces") or 0
 
 
 @pytest.mark.rabbitmq

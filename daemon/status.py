@@ -103,7 +103,8 @@ def collect_status(settings: Settings, database_url: str) -> dict[str, Any]:
             calls = conn.execute(queries["llm_totals"]).fetchone()
             learning = {
                 "distillations": {
-                    s: by_status.get(s, 0) for s in ("running", "failed", "distilled", "applied", "refused")
+                    s: by_status.get(s, 0)
+                    for s in ("running", "failed", "distilled", "applied", "refused", "superseded")
                 },
                 "library_versions": int(_scalar(conn, "library_version_count") or 0),
                 "llm_calls": {

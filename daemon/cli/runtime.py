@@ -156,7 +156,8 @@ def status(as_json: JsonOption = False) -> None:
         llm = report["llm_calls"]
         console.print(
             f"distillations running {counts['running']}, failed {counts['failed']}, waiting to be published "
-            f"{counts['distilled']}, published {counts['applied']}, refused by the guard {counts['refused']}; "
+            f"{counts['distilled']}, published {counts['applied']}, refused by the guard {counts['refused']}, "
+            f"superseded {counts['superseded']}; "
             f"library versions {report['library_versions']}; "
             f"LLM calls {llm['calls']} ({llm['tokens_in']} tokens in, {llm['tokens_out']} out)"
         )

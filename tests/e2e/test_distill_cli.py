@@ -48,7 +48,14 @@ def test_distill_a_domain_then_replay_it_from_the_ledger(tmp_path: Path, databas
     assert len(again["llm_calls"]) == len(report["llm_calls"])
 
     status = json.loads(run_grpod(["status", "--json"], env).stdout)
-    assert status["distillations"] == {"running": 0, "failed": 0, "distilled": 0, "applied": 1}
+    assert status["distillations"] == {
+        "running": 0,
+        "failed": 0,
+        "distilled": 0,
+        "applied": 1,
+        "refused": 0,
+        "superseded": 0,
+    }
     assert status["llm_calls"]["calls"] == len(report["llm_calls"])
     assert status["llm_calls"]["tokens_in"] == sum(call["tokens_in"] for call in report["llm_calls"])
     assert status["library_versions"] == (1 if report["operations"] else 0)

@@ -112,6 +112,7 @@ class HealthReporter:
         self.path = health_folder(settings) / f"{socket.gethostname()}-{os.getpid()}.json"
         self._stop = threading.Event()
         self._reporter = threading.Thread(target=self._run, name="grpod-health", daemon=True)
+        self._conn: psycopg.Connection[Any] | None = None
 
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,8 +143,14 @@ class HealthReporter:
                 temporary.write_text(json.dumps(asdict(report)))
                 os.replace(temporary, self.path)
             try:
-                with psycopg.connect(self.database_url, autocommit=True, connect_timeout=3) as conn:
-                    maintenance.record_consumer_state(conn, report.hostname, report.pid, report.state)
-            except psycopg.Error:
-                pass  # the database is away: the file still says so, and the consumer holds its batch
+                if self._conn is None or self._conn.closed:
+                    self._conn = psycopg.connect(self.database_url, autocommit=True, connect_timeout=3)
+                maintenance.record_consumer_state(self._conn, report.hostname, report.pid, report.state)
+            except psycopg.Error:  # the database is away: the file still says so, and the consumer holds its batch
+                with contextlib.suppress(psycopg.Error):
+                    if self._conn is not None:
+                        self._conn.close()
+                self._conn = None
             self._stop.wait(REPORT_SECONDS)
+        if self._conn is not None:
+            self._conn.close()

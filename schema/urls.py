@@ -19,8 +19,8 @@ def redact(url: str) -> str:
         return KEYWORD_SECRET.sub(lambda match: f"{match.group(1)}={HIDDEN}", url)
     try:
         parts = urlsplit(url)
-    except ValueError:  # e.g. an unbalanced [ in the host
-        return KEYWORD_SECRET.sub(lambda match: f"{match.group(1)}={HIDDEN}", url.split("://", 1)[0] + "://" + HIDDEN)
+    except ValueError:  # e.g. an unbalanced [ in the host: nothing after the scheme is shown
+        return url.split("://", 1)[0] + "://" + HIDDEN
     netloc = parts.netloc
     userinfo, at, host = netloc.rpartition("@")
     if at and ":" in userinfo:

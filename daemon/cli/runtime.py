@@ -204,7 +204,8 @@ def health(
     settings = command_settings()
     if live and ready:
         raise OperatorError("give --live or --ready, not both.")
-    reachable = checks.database_reachable(resources.database_url(), settings.database_connect_timeout)
+    # Liveness is about this host's processes alone: it neither reaches nor starts a database.
+    reachable = live or checks.database_reachable(resources.database_url(), settings.database_connect_timeout)
     verdict = checks.judge(checks.read_reports(settings), time.time(), reachable)
     ok = verdict.live if live else verdict.ready
     if as_json:

@@ -34,6 +34,8 @@ def llm_from_settings(settings: Settings) -> LLM:
         base_url=settings.llm_base_url,
         model=settings.llm_model,
         api_key=api_key.get_secret_value() if api_key is not None else None,
+        timeout=settings.llm_timeout,
+        max_retries=settings.llm_max_retries,
     )
 
 

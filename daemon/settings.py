@@ -62,6 +62,15 @@ class Settings(BaseSettings):
     )
     llm_model: str | None = Field(default=None, description="Model name at GRPOD_LLM_BASE_URL.")
     llm_api_key: SecretStr | None = Field(default=None, description="API key for GRPOD_LLM_BASE_URL.")
+    llm_timeout: float = Field(
+        default=120.0, gt=0, le=3600, description="Seconds one request to GRPOD_LLM_BASE_URL may take."
+    )
+    llm_max_retries: int = Field(
+        default=3,
+        ge=0,
+        le=10,
+        description="Retries of a request to GRPOD_LLM_BASE_URL that timed out, failed to connect or got 429/5xx.",
+    )
     llm_threads: int | None = Field(
         default=None,
         ge=1,

@@ -247,12 +247,16 @@ class OpenAIEmbedder:
 
     def _embed_batch(self, texts: Sequence[str]) -> Vectors:
         import openai
+        from openai.types import CreateEmbeddingResponse
 
         try:
             response = self._client.embeddings.create(input=list(texts), model=self.model, encoding_format="float")
         except openai.OpenAIError as error:
             refused = isinstance(error, openai.APIStatusError) and error.status_code in REFUSING_STATUSES
             raise EmbeddingError(self._failure.describe(error), refused=refused) from error
+        # A body that is not JSON (an HTML page with status 200) comes back as a str.
+        if not isinstance(response, CreateEmbeddingResponse):
+            raise EmbeddingError(self._failure.not_an_answer(response))
         rows = sorted(response.data, key=lambda item: item.index)
         try:
             vectors = vectors_from_answer(

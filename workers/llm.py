@@ -445,12 +445,17 @@ class OpenAILLM:
 
     def _ask(self, request: dict[str, Any]) -> ChatCompletion:
         import openai
+        from openai.types.chat import ChatCompletion
 
         try:
             with self._slots:
-                return cast("ChatCompletion", self._client.chat.completions.create(**request))
+                response = self._client.chat.completions.create(**request)
         except openai.OpenAIError as error:
             raise LLMError(self._failure.describe(error)) from error
+        # A body that is not JSON (an HTML page with status 200) comes back as a str.
+        if not isinstance(response, ChatCompletion):
+            raise LLMError(self._failure.not_an_answer(response))
+        return response
 
     @property
     def _failure(self) -> openai_api.ApiFailure:
@@ -462,7 +467,7 @@ class OpenAILLM:
             key_hint="set GRPOD_LLM_API_KEY to a key it accepts",
             max_retries=self.max_retries,
             timeout=self.timeout,
-            timeout_setting=None,
+            timeout_setting="GRPOD_LLM_TIMEOUT",
             answer_kind="chat completion",
             endpoint="/v1/chat/completions",
         )

@@ -68,8 +68,13 @@ class ApiFailure:
                 f"{self.where} could not be reached in {self.attempts()} ({innermost_cause(error)}); "
                 "check that the server is running and that the URL is right."
             )
+        return self.not_an_answer(str(error))
+
+    def not_an_answer(self, what: object) -> str:
+        """The sentence for an answer that is not the API's (an error page from a proxy, say)."""
+        said = " ".join(str(what).split())[:120]
         return (
-            f"{self.where} gave an answer that is not an OpenAI {self.answer_kind} ({error}); "
+            f"{self.where} gave an answer that is not an OpenAI {self.answer_kind} ({said}); "
             f"point {self.url_setting} at an OpenAI-compatible {self.endpoint} API."
         )
 

@@ -255,8 +255,7 @@ def test_a_step_that_cannot_be_parsed_fails_that_distillation_only_and_a_retry_r
     conn: psycopg.Connection[Any], embedder: LocalEmbedder
 ) -> None:
     group_id = ready_group(conn, embedder, "k", KEY_QUERIES)
-    broken = ScriptedLLM({**GOOD_SCRIPT, "advantage": 'Sure! {"experiences": ["When asked'})  # cut, no list
-    broken.script["advantage"] = "I cannot answer in JSON, sorry."
+    broken = ScriptedLLM({**GOOD_SCRIPT, "advantage": "I cannot answer in JSON, sorry."})
 
     failed = distillation_store.distill_group(conn, broken, embedder, group_id)
 

@@ -144,8 +144,9 @@ class Relay:
     and the retries the client really sent.
     """
 
-    def __init__(self, upstream: str | None, failures: Sequence[int] = ()) -> None:
+    def __init__(self, upstream: str | None, failures: Sequence[int] = (), page: str | None = None) -> None:
         self.upstream = upstream
+        self.page = page  # answered to every POST with status 200, as a proxy's error page
         self.failures = list(failures)
         self.batch_sizes: list[int] = []
         self._lock = threading.Lock()
@@ -157,6 +158,9 @@ class Relay:
                 with relay._lock:
                     relay.batch_sizes.append(len(json.loads(body)["input"]))
                     status = relay.failures.pop(0) if relay.failures else None
+                if relay.page is not None:
+                    self.answer(200, relay.page.encode(), {}, content_type="text/html")
+                    return
                 if status is not None or relay.upstream is None:
                     status = status or 500
                     error = {"error": {"message": f"injected {status}", "type": "server_error", "code": None}}
@@ -171,9 +175,11 @@ class Relay:
                 except urllib.error.HTTPError as failed:
                     self.answer(failed.code, failed.read(), {})
 
-            def answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+            def answer(
+                self, status: int, body: bytes, headers: dict[str, str], content_type: str = "application/json"
+            ) -> None:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 for name, value in headers.items():
                     self.send_header(name, value)
@@ -269,6 +275,16 @@ def test_an_answer_that_keeps_failing_is_one_sentence_after_bounded_retries() ->
     assert SECRET not in message
     assert "\n" not in message
     assert elapsed < 10
+
+
+def test_an_answer_that_is_no_embeddings_response_is_one_sentence() -> None:
+    page = "<html><body>502 Bad Gateway</body></html>"
+    with Relay(None, page=page) as relay, pytest.raises(EmbeddingError) as raised:
+        remote(relay.url).embed(QUERIES[:2])
+    message = str(raised.value)
+    assert "gave an answer that is not an OpenAI embeddings response (<html><body>502 Bad Gateway" in message
+    assert "point GRPOD_EMBEDDINGS at an OpenAI-compatible /v1/embeddings API" in message
+    assert not raised.value.refused
 
 
 def test_an_unreachable_url_is_one_clear_sentence_within_bounded_time() -> None:

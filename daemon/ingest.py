@@ -48,6 +48,19 @@ def consumer_from_settings(
     )
 
 
+def hand_off(app: Any) -> StoredTraces:
+    """What the consumer does after each commit: new traces go to the grouping stage, one task per
+    domain; new rewards may make groups ready. (A lost task is found again by the grouping sweep.)"""
+
+    def send(outcome: BatchOutcome) -> None:
+        for domain, trace_ids in outcome.stored_traces.items():
+            app.send_task("grpod.group.assign_traces", kwargs={"domain": domain, "trace_ids": trace_ids})
+        if outcome.rewarded_traces:
+            app.send_task("grpod.group.check_readiness", kwargs={"trace_ids": outcome.rewarded_traces})
+
+    return send
+
+
 class IngestConsumerStep(bootsteps.StartStopStep):
     requires = {"celery.worker.components:Pool"}
 
@@ -59,16 +72,7 @@ class IngestConsumerStep(bootsteps.StartStopStep):
 
     def start(self, parent: Any) -> None:
         settings = resources.settings()
-        app = parent.app
-
-        def hand_off(outcome: BatchOutcome) -> None:
-            # New traces go to the grouping stage, one task per domain; new rewards may make groups ready.
-            for domain, trace_ids in outcome.stored_traces.items():
-                app.send_task("grpod.group.assign_traces", kwargs={"domain": domain, "trace_ids": trace_ids})
-            if outcome.rewarded_traces:
-                app.send_task("grpod.group.check_readiness", kwargs={"trace_ids": outcome.rewarded_traces})
-
-        consumer = consumer_from_settings(settings, resources.database_url(), on_stored=hand_off)
+        consumer = consumer_from_settings(settings, resources.database_url(), on_stored=hand_off(parent.app))
         self._thread = threading.Thread(target=consumer.run, args=(self._stop,), name="grpod-ingest", daemon=True)
         self._thread.start()
         self._health = HealthReporter(settings, resources.database_url(), consumer, self._thread)
@@ -88,6 +92,7 @@ def main() -> None:
     """Run one ingest consumer in the foreground (``python -m grpod.daemon.ingest``)."""
     import signal
 
+    from grpod.daemon.celery_app import create_app
     from grpod.daemon.logs import configure_logging
 
     settings = resources.settings()
@@ -95,7 +100,8 @@ def main() -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    consumer = consumer_from_settings(settings, resources.database_url())
+    # It hands off to the workers as the worker's own consumer does, through the broker.
+    consumer = consumer_from_settings(settings, resources.database_url(), on_stored=hand_off(create_app(settings)))
     health = HealthReporter(settings, resources.database_url(), consumer, threading.current_thread())
     health.start()
     log.info("ingest consumer started")

@@ -4,16 +4,22 @@ Each migration runs in its own transaction together with the row that records
 it, so a process killed midway leaves either all of a migration or none of it.
 An advisory lock makes concurrent runs safe: the second waits, then finds
 nothing new to do.
+
+Before touching anything, migrate checks the server: pgvector 0.8 or newer, and that the URL
+does not reach a connection pooler in transaction or statement pooling mode (grpod's session
+advisory locks and LISTEN need one server session per client session). Every command that
+needs the schema checks the pooling again (``require_current_schema``), since workers are often
+given another URL than the one migrations ran on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import LiteralString
+from typing import Any, LiteralString
 
 import psycopg
 
@@ -117,6 +123,95 @@ def vector_version_problem(default_version: str | None, installed_version: str |
     return None
 
 
+POOLING_PROBE_ROUNDS = 2  # a second round catches a pool whose last idle connection another client took
+
+
+@dataclass(frozen=True)
+class BackendProbe:
+    """One round of the pooling probe, in server process ids (``pg_backend_pid()``).
+
+    ``before`` and ``after``: a first session's, around the moment a second session held a
+    transaction open and saw ``held``; ``refused``: why the second session could not open one.
+    ``after`` is None when the round had decided already (a transaction pool handed the first
+    session's server to the second: asking again would wait for it).
+    """
+
+    before: int
+    held: int | None = None
+    after: int | None = None
+    refused: str | None = None
+
+
+def pooling_problem(probes: Sequence[BackendProbe]) -> str | None:
+    """What is wrong with the pooling between grpod and PostgreSQL, as the rest of a sentence
+    that starts with the URL, or None when each session keeps one server process of its own.
+
+    Directly on PostgreSQL, and in session pooling, a session keeps its server process
+    (before == after) and no other session shares it (held != before). A transaction pool gives
+    a server process back after each transaction, so another client gets it (held == before;
+    PgBouncer reuses the last one freed) or the session comes back on another (after != before).
+    A statement pool refuses a transaction of more than one statement.
+    """
+    pooled = " which breaks the session advisory locks and LISTEN grpod relies on"
+    change = "point GRPOD_DATABASE_URL at PostgreSQL itself or at a pool with pool_mode=session"
+    for probe in probes:
+        if probe.refused is not None:
+            return (
+                f"refuses a transaction block ({probe.refused}) like a connection pooler in statement "
+                f"pooling mode (PgBouncer pool_mode=statement),{pooled}; {change}"
+            )
+        if probe.held == probe.before or (probe.after is not None and probe.after != probe.before):
+            return (
+                "reaches a connection pooler in transaction pooling mode (PgBouncer pool_mode=transaction),"
+                f"{pooled}; {change}"
+            )
+    return None
+
+
+def probe_pooling(
+    conn: psycopg.Connection[Any],
+    database_url: str,
+    *,
+    connect_timeout: int,
+    rounds: int = POOLING_PROBE_ROUNDS,
+) -> list[BackendProbe]:
+    """Rounds of the pooling probe: ``conn`` (autocommit, as grpod's sessions are) and a second
+    session to the same URL that holds a transaction open meanwhile; stops at the first sign of
+    pooling."""
+    query = load_queries(MIGRATIONS_PACKAGE, "queries/migrations.sql")["backend_pid"]
+
+    def pid(connection: psycopg.Connection[Any]) -> int:
+        row = connection.execute(query).fetchone()
+        assert row is not None  # SELECT of one value
+        return int(row[0])
+
+    probes: list[BackendProbe] = []
+    for _ in range(rounds):
+        before = pid(conn)
+        with connect(database_url, connect_timeout=connect_timeout) as other:
+            try:
+                held = pid(other)  # inside a transaction: a pooler must keep its server for it
+            except psycopg.Error as error:
+                reason = (error.diag.message_primary or str(error) or type(error).__name__).strip()
+                probes.append(BackendProbe(before, refused=reason.splitlines()[0]))
+                break
+            if held == before:
+                probes.append(BackendProbe(before, held))
+                break
+            probes.append(BackendProbe(before, held, pid(conn)))
+            other.rollback()
+        if pooling_problem(probes) is not None:
+            break
+    return probes
+
+
+def require_session_pooling(conn: psycopg.Connection[Any], database_url: str, *, connect_timeout: int = 10) -> None:
+    """Refuse a URL that reaches a pooler in transaction or statement mode, in one sentence."""
+    problem = pooling_problem(probe_pooling(conn, database_url, connect_timeout=connect_timeout))
+    if problem is not None:
+        raise ConfigError(f"GRPOD_DATABASE_URL={redact(database_url)} {problem}.")
+
+
 @dataclass(frozen=True)
 class MigrationReport:
     applied: list[Migration]
@@ -128,6 +223,8 @@ def migrate(database_url: str, *, connect_timeout: int = 10) -> MigrationReport:
     queries = load_queries(MIGRATIONS_PACKAGE, "queries/migrations.sql")
     available = shipped_migrations()
     with connect(database_url, autocommit=True, connect_timeout=connect_timeout) as conn:
+        # First: behind a transaction pool even the migration lock below would leak to other clients.
+        require_session_pooling(conn, database_url, connect_timeout=connect_timeout)
         vector_row = conn.execute(queries["vector_available"]).fetchone()
         if vector_row is None or not vector_row[0]:
             raise ConfigError(
@@ -182,10 +279,12 @@ def _apply(
 
 
 def require_current_schema(database_url: str, *, connect_timeout: int = 10) -> None:
-    """Refuse to work on a database whose schema is behind this grpod's migrations."""
+    """Refuse to work on a database whose schema is behind this grpod's migrations, or through a
+    pooler that would break grpod's session state (workers may be given another URL than migrate)."""
     queries = load_queries(MIGRATIONS_PACKAGE, "queries/migrations.sql")
     newest = max((m.version for m in shipped_migrations()), default=0)
     with connect(database_url, autocommit=True, connect_timeout=connect_timeout) as conn:
+        require_session_pooling(conn, database_url, connect_timeout=connect_timeout)
         exists = conn.execute(queries["migrations_table_exists"]).fetchone()
         row = conn.execute(queries["current_version"]).fetchone() if exists and exists[0] else None
     current = int(row[0]) if row else 0

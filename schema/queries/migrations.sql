@@ -38,3 +38,8 @@ SELECT coalesce(max(version), 0) FROM grpod_migrations;
 -- name: migrations_table_exists
 -- Whether `grpod migrate` has ever run on this database (read-only check).
 SELECT to_regclass('grpod_migrations') IS NOT NULL;
+
+-- name: backend_pid
+-- The server process behind this connection: behind a pooler in transaction mode it changes
+-- between transactions, and two clients can share one.
+SELECT pg_backend_pid();

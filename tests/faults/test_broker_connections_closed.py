@@ -16,6 +16,7 @@ from grpod.sdk import Client, ClientSettings
 
 from ..e2e.helpers import GRPOD, grpod_env, run_grpod
 from ..factories import reward, trace
+from .invariants import assert_whole
 from .tcp_postgres import TcpPostgres
 
 CLOSINGS = 3
@@ -80,6 +81,7 @@ def test_closed_broker_connections_lose_nothing_and_both_sides_resume(
                 len(published),
             )
             assert conn.execute("SELECT count(*) FROM rejected_events").fetchone() == (0,)
+        assert_whole(database, traces=published, rewards=len(published))
     finally:
         stop.set()
         publisher.join(timeout=60)

@@ -23,6 +23,7 @@ from grpod.sdk import Client, ClientSettings
 
 from ..e2e.helpers import GRPOD, grpod_env, run_grpod
 from ..factories import reward, trace
+from .invariants import assert_whole
 from .tcp_postgres import TcpPostgres, count_rows
 
 OUTAGE_SECONDS = float(os.environ.get("GRPOD_FAULT_OUTAGE_SECONDS", "60"))
@@ -112,6 +113,7 @@ def test_a_database_outage_holds_events_back_and_rejects_none(
         with Connection(rabbitmq_url) as connection:
             _, dead, _ = dead_events_queue(queue_prefix)(connection.channel()).queue_declare(passive=True)
         assert dead == 0
+        assert_whole(database, traces=published, rewards=len(published))
     finally:
         stop.set()
         publisher.join(timeout=30)

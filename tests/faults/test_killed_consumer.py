@@ -15,6 +15,7 @@ from grpod.sdk import Client, ClientSettings
 
 from ..e2e.helpers import GRPOD, grpod_env, run_grpod
 from ..factories import reward, trace
+from .invariants import assert_whole
 from .tcp_postgres import TcpPostgres, count_rows
 
 EVENTS = 3000
@@ -74,6 +75,7 @@ def test_a_consumer_killed_mid_batch_loses_and_doubles_nothing(
         assert traces == set(ids)
         assert rewards == (len(ids), len(ids))
         assert rejected == (0,)
+        assert_whole(database, traces=ids, rewards=len(ids))
     finally:
         running.kill()
         running.wait(timeout=30)

@@ -25,11 +25,13 @@ from ..e2e.helpers import grpod_env, run_grpod
 from ..factories import KEY_QUERIES, KEY_REWARDS, agent_trace, reward
 from ..integration.stored import ingest
 from ..scripted_llm import GOOD_ADVANTAGE, GOOD_SCRIPT, GOOD_SUMMARY, Raw, ScriptedEndpoint, Stall, Status
+from .invariants import assert_whole
 from .tcp_postgres import TcpPostgres
 
 HTTP_RETRIES = 1  # GRPOD_LLM_MAX_RETRIES: a step's attempt is at most 2 requests
 REQUESTS_PER_STEP_ATTEMPT = HTTP_RETRIES + 1
 TIMEOUT_SECONDS = 1
+TRACES = [f"t{i}" for i in range(len(KEY_QUERIES))]
 
 
 @pytest.fixture
@@ -123,6 +125,7 @@ def test_timeouts_are_asked_again_and_the_distillation_ends_published(
     # Bounded and resumed: the summaries recorded by the first attempt were not asked for again.
     assert endpoint.calls.count("summary") == 5 + 2
     assert endpoint.calls.count("advantage") == REQUESTS_PER_STEP_ATTEMPT + 1
+    assert_whole(env["GRPOD_DATABASE_URL"], traces=TRACES, rewards=len(TRACES))
 
 
 def test_a_500_on_every_call_fails_for_good_after_its_attempts_and_retry_failed_takes_it_again(
@@ -159,6 +162,7 @@ def test_a_500_on_every_call_fails_for_good_after_its_attempts_and_retry_failed_
     assert distillation_row(env)[:2] == ("applied", 1)
     assert versions(env) == [(1, 1)]
     assert endpoint.calls.count("summary") == 5  # still resumed from the ledger
+    assert_whole(env["GRPOD_DATABASE_URL"], traces=TRACES, rewards=len(TRACES))
 
 
 def test_garbage_answers_fail_the_distillation_with_the_reason_and_change_nothing(
@@ -188,3 +192,4 @@ def test_garbage_answers_fail_the_distillation_with_the_reason_and_change_nothin
     assert endpoint.calls.count("summary") == 5
     errors = ledger_errors(env, "advantage")
     assert len(errors) == STEP_ATTEMPTS and all(errors)
+    assert_whole(env["GRPOD_DATABASE_URL"], traces=TRACES, rewards=len(TRACES))

@@ -170,6 +170,10 @@ def create_app(settings: Settings, broker_url: str | None = None) -> Celery:
         worker_redirect_stdouts=False,
         worker_send_task_events=False,
         worker_enable_remote_control=rabbit,
+        # The remote-control mailbox under the prefix too: Celery's default ("celery") names the
+        # exclusive queue "celery@<host>.celery.pidbox", so a second deployment's worker on the same
+        # host and broker died declaring it (RESOURCE_LOCKED), and broadcasts reached every deployment.
+        control_exchange=settings.queue_prefix,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         beat_schedule=beat_schedule(settings.heartbeat_seconds),
         beat_schedule_filename=str(settings.beat_schedule_file),

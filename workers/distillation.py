@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -47,6 +47,7 @@ TRAJECTORY_CHARS = 6000  # a longer trajectory keeps its beginning and its end
 CONTENT_CHARS = 1500  # one message of a trajectory
 FEEDBACK_CHARS = 1000
 CLOSE_DISTANCE = 0.4  # measured on rule pairs with the bundled MiniLM (README, "Distillation")
+CONTEXT_TOKENS = 200  # of the library in one group-advantage or operations prompt (bench/prompt_tokens.py)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class LearningSettings:
     # A new experience with no experience of the library within this cosine distance is added
     # without an operations call. Closer, the operations step decides how it changes the library.
     close_distance: float = CLOSE_DISTANCE
+    # A step's prompt shows the experiences nearest to its group, up to this many tokens of them.
+    context_tokens: int = CONTEXT_TOKENS
 
     FIELDS = (
         "agent_objective",
@@ -73,6 +76,7 @@ class LearningSettings:
         "update_window_seconds",
         "update_window_groups",
         "close_distance",
+        "context_tokens",
     )
 
     @classmethod
@@ -106,6 +110,9 @@ def validated_learning_settings(**values: object) -> LearningSettings:
     close = values["close_distance"]
     if isinstance(close, bool) or not isinstance(close, int | float) or not 0 <= close <= 2:
         raise SettingError(f"close_distance must be a cosine distance from 0 to 2, not {close!r}")
+    context = values["context_tokens"]
+    if isinstance(context, bool) or not isinstance(context, int) or not 50 <= context <= 100_000:
+        raise SettingError(f"context_tokens must be a whole number of tokens from 50 to 100000, not {context!r}")
     return LearningSettings(
         agent_objective=str(values["agent_objective"]).strip(),
         learning_objective=str(values["learning_objective"]).strip(),
@@ -114,6 +121,7 @@ def validated_learning_settings(**values: object) -> LearningSettings:
         update_window_seconds=float(window),
         update_window_groups=groups,
         close_distance=float(close),
+        context_tokens=context,
     )
 
 
@@ -473,6 +481,31 @@ def nearest(texts: Vectors, experiences: Vectors, ids: Sequence[int]) -> list[Ne
     return [(int(ids[int(np.argmin(row))]), round(float(np.min(row)), 6)) for row in distances]
 
 
+class Shown(Protocol):
+    """The experiences of the library a step's prompt shows: those relevant to ``texts`` (the group's
+    queries, or the new experiences), within the domain's context budget, ``must`` among them."""
+
+    def __call__(self, step: Purpose, texts: Sequence[str], must: Collection[int] = ()) -> Mapping[int, str]: ...
+
+
+def whole_library(library: Mapping[int, str]) -> Shown:
+    """The paper's scheme, every experience in every prompt (distillations recorded before the budget)."""
+
+    def shown(step: Purpose, texts: Sequence[str], must: Collection[int] = ()) -> Mapping[int, str]:
+        return library
+
+    return shown
+
+
+def only_named(library: Mapping[int, str]) -> Shown:
+    """Just the experiences a step may change (the window's consolidation: the proposals' targets)."""
+
+    def shown(step: Purpose, texts: Sequence[str], must: Collection[int] = ()) -> Mapping[int, str]:
+        return {i: library[i] for i in sorted(must) if i in library}
+
+    return shown
+
+
 @dataclass(frozen=True)
 class Triage:
     far: list[str]  # no experience of the library is close: each is an ADD, without an operations call
@@ -518,13 +551,15 @@ def distill(
     distillation_id: int,
     *,
     near: Near,
+    shown: Shown | None = None,
     concurrency: int = 8,
 ) -> Distilled:
     """Summaries (concurrent), the group advantage, and the operations for one group.
 
     A new experience that no experience of the library is close to (by ``near``) is an ADD without
     an operations call; the operations step decides for the others, and when its answer stays
-    unusable they change nothing, so no usable experience is lost to a bad operations answer. Raises
+    unusable they change nothing, so no usable experience is lost to a bad operations answer. Each
+    prompt shows the experiences ``shown`` picks (by default the whole library). Raises
     ``StepFailedError`` when the summaries or the group advantage cannot be used after their retries.
     """
     if not samples:
@@ -539,11 +574,12 @@ def distill(
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(samples)))) as executor:
         summaries = list(executor.map(summarise, samples))
 
+    show = shown or whole_library(library)
     k = settings.max_new_experiences
     new_experiences: list[str] = _ask_until(
         ask,
         "advantage",
-        advantage_messages(settings, samples, summaries, library),
+        advantage_messages(settings, samples, summaries, show("advantage", [sample.query for sample in samples])),
         advantage_schema(settings),
         64 + k * settings.experience_max_words * 3,
         lambda completion: read_new_experiences(completion, settings),
@@ -560,7 +596,16 @@ def distill(
             parsed, parse_notes = _ask_until(
                 ask,
                 "operations",
-                operations_messages(settings, split.close, library),
+                operations_messages(
+                    settings,
+                    split.close,
+                    # the experiences it may update are the close ones' neighbours: always shown
+                    show(
+                        "operations",
+                        split.close,
+                        [n[0] for t, n in zip(new_experiences, neighbours, strict=True) if n and t in split.close],
+                    ),
+                ),
                 operations_schema(settings, max_items=operations_limit(len(split.close))),
                 96 + operations_limit(len(split.close)) * settings.experience_max_words * 2,
                 _operations_reader(operations_limit(len(split.close))),
@@ -641,6 +686,7 @@ def consolidate_window(
     settings: LearningSettings,
     proposals: Mapping[int, Sequence[Operation]],
     library: Mapping[int, str],
+    shown: Shown | None = None,
 ) -> Consolidated:
     """One set of operations for the library from the proposals of the window's distillations.
 
@@ -669,7 +715,11 @@ def consolidate_window(
         answered, answer_notes = _ask_until(
             ask,
             "consolidation",
-            consolidation_messages(settings, current, library),
+            consolidation_messages(
+                settings,
+                current,
+                (shown or whole_library(library))("consolidation", [op.text for op in current if op.text], named_ids),
+            ),
             operations_schema(settings, max_items=len(current) + 1, merged_from=True),
             128 + len(current) * settings.experience_max_words * 3,
             _operations_reader(len(current) + 1),

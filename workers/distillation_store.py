@@ -12,7 +12,7 @@ runs one again from its recording.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,18 +25,17 @@ from grpod.schema.sql import load_queries
 from grpod.workers import grouping_store, library_store
 from grpod.workers.distillation import (
     LearningSettings,
-    Near,
     Neighbour,
     Sample,
     StepFailedError,
     distill,
     input_key,
-    nearest,
     pick_samples,
 )
 from grpod.workers.embeddings import Embedder
 from grpod.workers.grouping import Combination, DomainSettings, Member, SourceReward, combine_rewards, readiness
 from grpod.workers.ledger import CallRecord, Ledger
+from grpod.workers.library_vectors import LibraryVectors
 from grpod.workers.llm import LLM, LLMError
 from grpod.workers.operations import Note, Operation
 from grpod.workers.promotion import PublishSettings
@@ -108,19 +107,6 @@ def recorder(conn: psycopg.Connection[Any], domain: str, distillation_id: int | 
         return int(row[0])
 
     return record
-
-
-def near_in(embedder: Embedder, library: Mapping[int, str]) -> Near:
-    """The triage's ``near`` over ``library``: new experiences and the library's embedded by ``embedder``."""
-
-    def near(texts: Sequence[str]) -> list[Neighbour | None]:
-        if not library:
-            return [None] * len(texts)
-        ids = sorted(library)
-        vectors = embedder.embed([*texts, *(library[i] for i in ids)])
-        return nearest(vectors[: len(texts)], vectors[len(texts) :], ids)
-
-    return near
 
 
 def _neighbours_json(new_experiences: Sequence[str], neighbours: Sequence[Neighbour | None]) -> list[dict[str, Any]]:
@@ -266,7 +252,8 @@ def distill_group(
         ledger = Ledger(llm, recorder(conn, domain, distillation_id), recorded_calls(conn, distillation_id))
         try:
             library = parent.texts()
-            result = distill(ledger, learning, samples, library, distillation_id, near=near_in(embedder, library))
+            view = LibraryVectors(conn, embedder, domain, library, learning.context_tokens)
+            result = distill(ledger, learning, samples, library, distillation_id, near=view.near, shown=view.shown)
         except (StepFailedError, LLMError) as error:
             terminal = attempts >= MAX_ATTEMPTS
             backoff = backoff_seconds(attempts)
@@ -306,6 +293,7 @@ def distill_group(
                         "operations": Jsonb(operations_json(result.operations)),
                         "notes": Jsonb(notes_json(result.notes)),
                         "neighbours": Jsonb(_neighbours_json(result.new_experiences, result.neighbours)),
+                        "shown": Jsonb(view.recorded),
                     },
                 )
                 conn.execute(named["use_traces"], {"distillation_id": distillation_id, "trace_ids": trace_ids})

@@ -1,13 +1,13 @@
 """Distillation stage, replay: run a finished distillation again from its recording, with no LLM.
 
-The same code as the live run, on the stored inputs: the LLM's answers come from the ledger and
-the triage's neighbours from the distillation's row. A replay that gives other operations than
-were recorded means the code or the prompts changed since.
+The same code as the live run, on the stored inputs: the LLM's answers come from the ledger, and
+the triage's neighbours and what each prompt showed of the library from the distillation's row.
+A replay that gives other operations than were recorded means the code or the prompts changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,17 @@ from psycopg.rows import dict_row
 
 from grpod.schema.errors import OperatorError
 from grpod.workers import library_store
-from grpod.workers.distillation import LearningSettings, Near, Neighbour, Sample, StepFailedError, distill
+from grpod.workers.distillation import (
+    LearningSettings,
+    Near,
+    Neighbour,
+    Purpose,
+    Sample,
+    Shown,
+    StepFailedError,
+    distill,
+    whole_library,
+)
 from grpod.workers.distillation_store import operations_json, queries, recorded_calls
 from grpod.workers.ledger import CallRecord, Ledger, NotRecordedError
 from grpod.workers.operations import Operation
@@ -41,6 +51,20 @@ def near_as_recorded(recorded: Sequence[Mapping[str, Any]] | None) -> Near:
         return found
 
     return near
+
+
+def shown_as_recorded(recorded: Mapping[str, Sequence[int]] | None, library: Mapping[int, str]) -> Shown:
+    """A replay's ``shown``: what each step's prompt showed, as recorded. A distillation recorded
+    before prompts were bounded showed the whole library."""
+    if recorded is None:
+        return whole_library(library)
+
+    def shown(step: Purpose, texts: Sequence[str], must: Collection[int] = ()) -> Mapping[int, str]:
+        if step not in recorded:
+            raise NotRecordedError(f"the recording holds no {step} prompt")
+        return {i: library[i] for i in recorded[step] if i in library}
+
+    return shown
 
 
 @dataclass(frozen=True)
@@ -112,6 +136,7 @@ def replay(conn: psycopg.Connection[Any], distillation_id: int) -> Replay:
             parent.texts(),
             distillation_id,
             near=near_as_recorded(row["neighbours"]),
+            shown=shown_as_recorded(row["shown"], parent.texts()),
         )
     except (NotRecordedError, StepFailedError) as error:
         raise OperatorError(f"distillation {distillation_id} cannot be replayed: {error}.") from None

@@ -17,7 +17,13 @@ import psycopg
 import structlog
 
 from grpod.workers import library_store
-from grpod.workers.distillation import Consolidated, LearningSettings, consolidate_window, window_wait
+from grpod.workers.distillation import (
+    Consolidated,
+    LearningSettings,
+    consolidate_window,
+    only_named,
+    window_wait,
+)
 from grpod.workers.distillation_store import (
     domain_settings,
     notes_json,
@@ -94,7 +100,9 @@ def run_window(conn: psycopg.Connection[Any], llm: LLM, domain: str, *, force: b
         traces = {int(row[0]): [str(sample["trace_id"]) for sample in row[4]] for row in rows}
         parent = library_store.load(conn, domain, library_store.current_version(conn, domain))
         ledger = Ledger(llm, recorder(conn, domain, None))
-        consolidated = consolidate_window(ledger, learning, proposals, parent.texts())
+        library = parent.texts()
+        # The consolidation may only change what the proposals named: its prompt shows just those.
+        consolidated = consolidate_window(ledger, learning, proposals, library, only_named(library))
         if not library_store.lock_updates(conn, domain):
             return WindowRun("busy", domain)
         try:

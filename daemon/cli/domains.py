@@ -139,6 +139,10 @@ def domain_set(
         float | None,
         typer.Option(help="A new experience this close to an existing one goes to the operations step."),
     ] = None,
+    context_tokens: Annotated[
+        int | None,
+        typer.Option(help="Tokens of the library one distillation prompt shows: the experiences nearest the group."),
+    ] = None,
     publish_policy: Annotated[
         str | None, typer.Option(help="auto: new versions become production; gated: candidate first.")
     ] = None,
@@ -178,6 +182,7 @@ def domain_set(
             "update_window_seconds": update_window_seconds,
             "update_window_groups": update_window_groups,
             "close_distance": close_distance,
+            "context_tokens": context_tokens,
         }
         publishing = {
             "publish_policy": publish_policy,

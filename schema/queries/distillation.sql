@@ -58,7 +58,7 @@ RETURNING id;
 -- A distillation's result; its operations now wait for the domain's update window.
 UPDATE distillations
 SET status = 'distilled', summaries = %(summaries)s, new_experiences = %(new_experiences)s, operations = %(operations)s,
-    notes = %(notes)s, neighbours = %(neighbours)s, finished_at = now()
+    notes = %(notes)s, neighbours = %(neighbours)s, shown = %(shown)s, finished_at = now()
 WHERE id = %(id)s AND status = 'running';
 
 -- name: lock_traces
@@ -139,9 +139,20 @@ LIMIT %(limit)s;
 -- name: distillation
 -- One distillation, for a report or a replay.
 SELECT id, domain, group_id, parent_version, samples, settings, status, attempts, error, summaries, new_experiences,
-       operations, notes, neighbours, version, created_at, finished_at
+       operations, notes, neighbours, shown, version, created_at, finished_at
 FROM distillations WHERE id = %(id)s;
 
 -- name: domain_settings
 -- A domain's settings (grouping and learning, one JSON object).
 SELECT settings FROM domains WHERE name = %(domain)s;
+
+-- name: experience_vectors
+-- The stored embeddings of these experience texts (by hash) for the domain's embedding model.
+SELECT text_hash, embedding FROM experience_vectors
+WHERE domain = %(domain)s AND model = %(model)s AND text_hash = ANY (%(text_hashes)s);
+
+-- name: insert_experience_vector
+-- An experience text's embedding, once (a concurrent distillation may have stored it meanwhile).
+INSERT INTO experience_vectors (domain, model, text_hash, embedding)
+VALUES (%(domain)s, %(model)s, %(text_hash)s, %(embedding)s)
+ON CONFLICT DO NOTHING;

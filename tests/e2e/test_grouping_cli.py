@@ -38,6 +38,7 @@ def test_group_inspect_and_tune_a_domain(tmp_path: Path, database_url: str) -> N
         "update_window_seconds": 60.0,
         "update_window_groups": 4,
         "close_distance": 0.4,
+        "context_tokens": 200,
         "publish_policy": "auto",
         "promotion_min_traces": 30,
         "promotion_margin": 0.05,

@@ -1,42 +1,37 @@
 """A worker killed in the middle of a distillation: after the retry there is exactly one version.
 
-Real processes: `grpod worker` on the real RabbitMQ (quorum queues, late acknowledgement), the
-real PostgreSQL with pgvector, and the bundled model. The whole worker (its process group) is
-SIGKILLed once the distillation has made some of its LLM calls; RabbitMQ hands the task to the
+Real processes: `grpod worker` on the real RabbitMQ (quorum queues, late acknowledgement), a
+PostgreSQL server of the test's own on TCP, and the bundled model. The whole worker (its process
+group) is SIGKILLed once the distillation has made some of its LLM calls; RabbitMQ hands the task to the
 next worker, which resumes the distillation from the calls already in the ledger.
 """
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from grpod.daemon.celery_app import create_app
+from grpod.daemon.migrations import migrate
+from grpod.daemon.resources import open_pool
 from grpod.daemon.settings import Settings
 from grpod.workers import grouping_store
 from grpod.workers.embeddings import LocalEmbedder
 from grpod.workers.grouping import DomainSettings
 
+from ..e2e.helpers import grpod_env
 from ..factories import KEY_QUERIES, KEY_REWARDS, agent_trace, reward
 from ..integration.stored import ingest
-from .helpers import GRPOD, grpod_env
+from .invariants import assert_whole
+from .tcp_postgres import TcpPostgres
+from .workers import kill, start, wait_for
 
-
-def _wait(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout:.0f}s")
+WORKER = ["worker", "--queues", "distill,library,maintenance", "--pool", "solo"]
 
 
 def _one(database_url: str, query: str) -> Any:
@@ -45,21 +40,14 @@ def _one(database_url: str, query: str) -> Any:
     return row[0] if row else None
 
 
-def _worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [*GRPOD, "worker", "--queues", "distill,library,maintenance", "--pool", "solo"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the kill takes all of it
-        )
-
-
+@pytest.mark.rabbitmq
 def test_a_worker_killed_mid_distillation_leaves_exactly_one_version_after_the_retry(
-    tmp_path: Path, database_url: str, rabbitmq_url: str, queue_prefix: str
+    tmp_path: Path, tcp_postgres: TcpPostgres, rabbitmq_url: str, queue_prefix: str
 ) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    database_url = tcp_postgres.create_database("grpod")
+    migrate(database_url)
+    trace_ids = [f"t{i}" for i in range(len(KEY_QUERIES))]
+    with open_pool(database_url, Settings(database_url=database_url)) as pool, pool.connection() as conn:
         grouping_store.prepare(conn)
         events = [
             agent_trace(f"t{i}", q, good=v > 0.5) for i, (q, v) in enumerate(zip(KEY_QUERIES, KEY_REWARDS, strict=True))
@@ -73,37 +61,33 @@ def test_a_worker_killed_mid_distillation_leaves_exactly_one_version_after_the_r
 
     env = grpod_env(tmp_path / "home", database_url=database_url, broker_url=rabbitmq_url, queue_prefix=queue_prefix)
     log = tmp_path / "worker.log"
-    first = _worker(env, log)
+    first = start(WORKER, env, log)
     try:
-        _wait("the first worker's heartbeat", lambda: _one(database_url, "SELECT count(*) FROM heartbeats"), 90)
+        wait_for("the first worker's heartbeat", lambda: _one(database_url, "SELECT count(*) FROM heartbeats"), 90)
         settings = Settings(broker_url=rabbitmq_url, queue_prefix=queue_prefix, database_url=database_url)
         create_app(settings).send_task("grpod.distill.group", args=[group_id])
         # Killed after some of the distillation's LLM calls, before it finished.
-        _wait(
+        wait_for(
             "two recorded LLM calls",
             lambda: (_one(database_url, "SELECT count(*) FROM llm_calls") or 0) >= 2,
             180,
         )
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait(timeout=30)
     finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
+        kill(first)
     assert _one(database_url, "SELECT status FROM distillations") == "running"
     assert _one(database_url, "SELECT count(*) FROM library_versions") == 0
     calls_before = _one(database_url, "SELECT count(*) FROM llm_calls")
 
-    second = _worker(env, log)
+    second = start(WORKER, env, log)
     try:
-        _wait(
+        wait_for(
             "the distillation to be applied",
             lambda: _one(database_url, "SELECT status FROM distillations") == "applied",
             300,
         )
         time.sleep(3)  # let any duplicate delivery run: it must change nothing
     finally:
-        os.killpg(second.pid, signal.SIGTERM)
-        second.wait(timeout=60)
+        kill(second, signal.SIGTERM)
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         distillations = conn.execute("SELECT id, attempts, version, operations FROM distillations").fetchall()
@@ -121,3 +105,4 @@ def test_a_worker_killed_mid_distillation_leaves_exactly_one_version_after_the_r
     # of the 5 trajectories has exactly one usable summary in the ledger.
     assert calls_before >= 2
     assert summaries == (5,)
+    assert_whole(database_url, traces=trace_ids, rewards=len(trace_ids))

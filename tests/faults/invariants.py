@@ -3,9 +3,22 @@ group and library version is whole."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection
 
 import psycopg
+
+from .tcp_postgres import count_rows
+
+
+def wait_for_events(url: str, *, traces: int, rewards: int, timeout: float = 60) -> None:
+    """Wait until at least ``traces`` traces and ``rewards`` rewards are stored. A batch's trace and
+    its reward can land in different consumer batches, so waiting on traces alone races the reward."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (count_rows(url, "traces") or 0) >= traces and (count_rows(url, "rewards") or 0) >= rewards:
+            return
+        time.sleep(0.5)
 
 
 def assert_whole(url: str, *, traces: Collection[str] | None = None, rewards: int | None = None) -> None:

@@ -16,7 +16,7 @@ from grpod.sdk import Client, ClientSettings
 
 from ..e2e.helpers import GRPOD, grpod_env, run_grpod
 from ..factories import reward, trace
-from .invariants import assert_whole
+from .invariants import assert_whole, wait_for_events
 from .tcp_postgres import TcpPostgres
 
 CLOSINGS = 3
@@ -62,14 +62,9 @@ def test_closed_broker_connections_lose_nothing_and_both_sides_resume(
         time.sleep(3)
         stop.set()
         publisher.join(timeout=60)
-        deadline = time.monotonic() + 60
-        stored: set[str] = set()
-        while time.monotonic() < deadline:
-            with psycopg.connect(database) as conn:
-                stored = {row[0] for row in conn.execute("SELECT trace_id FROM traces")}
-            if stored >= set(published):
-                break
-            time.sleep(0.5)
+        wait_for_events(database, traces=len(published), rewards=len(published))
+        with psycopg.connect(database) as conn:
+            stored = {row[0] for row in conn.execute("SELECT trace_id FROM traces")}
 
         assert consumer.poll() is None, "the consumer died"
         assert failures == [], failures[:3]  # the SDK reconnected within its retries every time

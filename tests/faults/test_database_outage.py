@@ -23,7 +23,7 @@ from grpod.sdk import Client, ClientSettings
 
 from ..e2e.helpers import GRPOD, grpod_env, run_grpod
 from ..factories import reward, trace
-from .invariants import assert_whole
+from .invariants import assert_whole, wait_for_events
 from .tcp_postgres import TcpPostgres, count_rows
 
 OUTAGE_SECONDS = float(os.environ.get("GRPOD_FAULT_OUTAGE_SECONDS", "60"))
@@ -90,9 +90,7 @@ def test_a_database_outage_holds_events_back_and_rejects_none(
         time.sleep(5)
         stop.set()
         publisher.join(timeout=30)
-        deadline = time.monotonic() + 60
-        while count_rows(database, "traces") != len(published) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        wait_for_events(database, traces=len(published), rewards=len(published))
 
         assert consumer.poll() is None, "the consumer died"  # it was never restarted
         # Health: ready before; live but not ready while it holds its batch; ready again after.

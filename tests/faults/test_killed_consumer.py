@@ -15,7 +15,7 @@ from grpod.sdk import Client, ClientSettings
 
 from ..e2e.helpers import GRPOD, grpod_env, run_grpod
 from ..factories import reward, trace
-from .invariants import assert_whole
+from .invariants import assert_whole, wait_for_events
 from .tcp_postgres import TcpPostgres, count_rows
 
 EVENTS = 3000
@@ -62,9 +62,7 @@ def test_a_consumer_killed_mid_batch_loses_and_doubles_nothing(
             running.wait(timeout=30)
             kills += 1
             running = consumer()
-        deadline = time.monotonic() + 120
-        while stored(database) < len(ids) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        wait_for_events(database, traces=len(ids), rewards=len(ids), timeout=120)
         time.sleep(2)  # anything redelivered late is a duplicate, and must change nothing
 
         assert kills == KILLS and stored(database) > 0

@@ -84,12 +84,15 @@ def _domain_settings(conn: Any, name: str) -> tuple[Any, Any, Any]:
 
 def _domain_report(conn: Any, name: str) -> dict[str, Any]:
     from grpod.workers.grouping_store import domain_state
+    from grpod.workers.library_store import library_state
+    from grpod.workers.upkeep_settings import UpkeepSettings
 
     state = domain_state(conn, name)
     _, learning, publishing = _domain_settings(conn, name)
+    upkeep = UpkeepSettings.from_json(library_state(conn, name).settings)
     return {
         "domain": name,
-        "settings": state.settings.to_json() | learning.to_json() | publishing.to_json(),
+        "settings": state.settings.to_json() | learning.to_json() | publishing.to_json() | upkeep.to_json(),
         "embedding_model": state.embedding_model,
         "embedding_dimension": state.embedding_dimension,
     }
@@ -162,6 +165,27 @@ def domain_set(
     max_removed_fraction: Annotated[
         float | None, typer.Option(help="Guard: share of its parent's experiences one version may remove.")
     ] = None,
+    merge_distance: Annotated[
+        float | None, typer.Option(help="Consolidation: experiences this close are near-duplicates, merged.")
+    ] = None,
+    max_experiences: Annotated[
+        int | None, typer.Option(help="Budget: a consolidation retires the least useful beyond this many.")
+    ] = None,
+    max_prompt_tokens: Annotated[
+        int | None, typer.Option(help="Budget: ... and beyond this many tokens of the rendered prompt block.")
+    ] = None,
+    trace_ttl: Annotated[
+        int | None, typer.Option(help="Seconds: a trace still without a reward after this is expired.")
+    ] = None,
+    retention: Annotated[
+        int | None, typer.Option(help="Seconds: then learned-from trajectories and LLM request bodies go.")
+    ] = None,
+    group_merge_wait: Annotated[
+        int | None, typer.Option(help="Seconds: a group short of G this long joins its nearest group.")
+    ] = None,
+    group_merge_factor: Annotated[
+        float | None, typer.Option(help="... if that group is within group_threshold times this.")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Change a domain's grouping and learning settings (validated; the embedding model changes with `reembed`)."""
@@ -170,10 +194,13 @@ def domain_set(
     from grpod.workers import distillation, promotion
     from grpod.workers.grouping import validated_settings
     from grpod.workers.grouping_store import set_settings
+    from grpod.workers.library_store import library_state
+    from grpod.workers.upkeep_settings import UpkeepSettings, validated_upkeep_settings
 
     settings = command_settings()
     with connect(migrated_database(settings), connect_timeout=settings.database_connect_timeout) as conn:
         current, learning, current_publishing = _domain_settings(conn, name)
+        current_upkeep = UpkeepSettings.from_json(library_state(conn, name).settings)
         given = {
             "agent_objective": agent_objective,
             "learning_objective": learning_objective,
@@ -195,6 +222,15 @@ def domain_set(
             "max_deletes_per_version": max_deletes_per_version,
             "max_removed_fraction": max_removed_fraction,
         }
+        upkeep = {
+            "merge_distance": merge_distance,
+            "max_experiences": max_experiences,
+            "max_prompt_tokens": max_prompt_tokens,
+            "trace_ttl_seconds": trace_ttl,
+            "retention_seconds": retention,
+            "group_merge_wait_seconds": group_merge_wait,
+            "group_merge_factor": group_merge_factor,
+        }
         try:
             wanted = validated_settings(
                 current.group_threshold if threshold is None else threshold,
@@ -208,9 +244,14 @@ def domain_set(
             wanted_publishing = promotion.validated_publish_settings(
                 **(current_publishing.to_json() | {k: v for k, v in publishing.items() if v is not None})
             )
+            wanted_upkeep = validated_upkeep_settings(
+                **(current_upkeep.to_json() | {k: v for k, v in upkeep.items() if v is not None})
+            )
         except SettingError as error:
             raise OperatorError(f"{error}; nothing was changed.") from None
-        set_settings(conn, name, wanted, wanted_learning.to_json() | wanted_publishing.to_json())
+        set_settings(
+            conn, name, wanted, wanted_learning.to_json() | wanted_publishing.to_json() | wanted_upkeep.to_json()
+        )
         conn.commit()
         report = _domain_report(conn, name)
     if as_json:

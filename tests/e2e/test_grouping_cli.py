@@ -48,12 +48,24 @@ def test_group_inspect_and_tune_a_domain(tmp_path: Path, database_url: str) -> N
         "test_alpha": 0.05,
         "max_deletes_per_version": 3,
         "max_removed_fraction": 0.25,
+        "merge_distance": 0.15,
+        "max_experiences": 100,
+        "max_prompt_tokens": 2000,
+        "trace_ttl_seconds": 604800,
+        "retention_seconds": 2592000,
+        "group_merge_wait_seconds": 86400,
+        "group_merge_factor": 1.5,
     }
     assert shown["embedding_model"] is None
 
-    changed = run_grpod(["domain", "set", "support", "--group-size", "3", "--json"], env)
+    changed = run_grpod(
+        ["domain", "set", "support", "--group-size", "3", "--max-experiences", "40", "--max-prompt-tokens", "900"],
+        env,
+    )
     assert changed.returncode == 0, changed.stderr
-    assert json.loads(changed.stdout)["settings"]["group_size"] == 3
+    now = json.loads(run_grpod(["domain", "show", "support", "--json"], env).stdout)["settings"]
+    assert (now["group_size"], now["max_experiences"], now["max_prompt_tokens"]) == (3, 40, 900)
+    assert now["merge_distance"] == 0.15  # what was not given stays
 
     reembedded = run_grpod(["domain", "reembed", "support", "--json"], env, timeout=300)
     assert reembedded.returncode == 0, reembedded.stderr
@@ -79,6 +91,9 @@ def test_bad_domain_settings_change_nothing(tmp_path: Path, database_url: str) -
         (["--threshold", "3"], "group_threshold must be a cosine distance between 0 and 2"),
         (["--group-size", "1"], "group_size must be a whole number from 2 to 1000"),
         (["--reward-combination", "median"], "reward_combination must be one of mean, min, max, latest"),
+        (["--max-experiences", "0"], "max_experiences must be a whole number from 1 to 100,000, not 0"),
+        (["--merge-distance", "1.5"], "merge_distance must be a cosine distance of at least 0 and below 1"),
+        (["--trace-ttl", "0"], "trace_ttl_seconds must be seconds from 1 to"),
     ]:
         result = run_grpod(["domain", "set", "support", *args], env)
         assert result.returncode == 2

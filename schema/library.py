@@ -13,6 +13,9 @@ from typing import Any
 
 PROMPT_HEADER = "Experiences learned from earlier attempts (use the ones that apply):"
 CHARS_PER_TOKEN = 4  # a conservative estimate for English text; no tokenizer is needed in the agent
+# The usefulness of an experience with no score yet (new since the last consolidation, or stored
+# before scores were): what an experience with no reward evidence, just confirmed, scores.
+NEUTRAL_USEFULNESS = 0.05
 
 
 def estimate_tokens(text: str) -> int:
@@ -24,21 +27,46 @@ def experience_lines(experiences: Mapping[int, str]) -> list[str]:
     return [f"[{experience_id}] {text}" for experience_id, text in sorted(experiences.items())]
 
 
-def render_prompt(experiences: Mapping[int, str], token_budget: int | None = None) -> str:
-    """The block for the agent's prompt; empty for an empty library. Experiences that do not fit the
-    budget are left out, newest (highest id) first, so the long-standing ones stay."""
+def block_tokens(experiences: Mapping[int, str]) -> int:
+    """What the whole block of these experiences costs in tokens, as ``render_prompt`` charges it."""
+    if not experiences:
+        return 0
     lines = experience_lines(experiences)
-    if not lines:
+    return estimate_tokens(PROMPT_HEADER) + sum(estimate_tokens(line) + 1 for line in lines)
+
+
+def serving_order(experiences: Mapping[int, str], usefulness: Mapping[int, float | None] | None = None) -> list[int]:
+    """Which experiences a budget keeps first: the most useful (the score each version stores,
+    from its evidence), then the lowest id. With no scores at all this is id order."""
+    scores = usefulness or {}
+
+    def key(experience_id: int) -> tuple[float, int]:
+        score = scores.get(experience_id)
+        return (-(NEUTRAL_USEFULNESS if score is None else score), experience_id)
+
+    return sorted(experiences, key=key)
+
+
+def render_prompt(
+    experiences: Mapping[int, str],
+    token_budget: int | None = None,
+    usefulness: Mapping[int, float | None] | None = None,
+) -> str:
+    """The block for the agent's prompt; empty for an empty library. Within a budget it keeps the
+    longest run of experiences in serving order (best evidence first) that fits, shown by id."""
+    if not experiences:
         return ""
-    kept = [PROMPT_HEADER]
+    kept: list[int] = []
     used = estimate_tokens(PROMPT_HEADER)
-    for line in lines:
-        cost = estimate_tokens(line) + 1
+    for experience_id in serving_order(experiences, usefulness):
+        cost = estimate_tokens(f"[{experience_id}] {experiences[experience_id]}") + 1
         if token_budget is not None and used + cost > token_budget:
             break
-        kept.append(line)
+        kept.append(experience_id)
         used += cost
-    return "\n".join(kept) if len(kept) > 1 else ""
+    if not kept:
+        return ""
+    return "\n".join([PROMPT_HEADER, *experience_lines({i: experiences[i] for i in kept})])
 
 
 @dataclass(frozen=True)
@@ -50,13 +78,28 @@ class Experience:
     id: int
     text: str
     provenance: tuple[Mapping[str, Any], ...] = ()
+    # Its usefulness when its version was made (workers/evidence.py): what a token budget keeps first.
+    usefulness: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "text": self.text, "provenance": [dict(entry) for entry in self.provenance]}
+        value: dict[str, Any] = {
+            "id": self.id,
+            "text": self.text,
+            "provenance": [dict(entry) for entry in self.provenance],
+        }
+        if self.usefulness is not None:
+            value["usefulness"] = self.usefulness
+        return value
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> Experience:
-        return cls(int(value["id"]), str(value["text"]), tuple(value.get("provenance") or ()))
+        score = value.get("usefulness")
+        return cls(
+            int(value["id"]),
+            str(value["text"]),
+            tuple(value.get("provenance") or ()),
+            float(score) if isinstance(score, int | float) and not isinstance(score, bool) else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -73,6 +116,11 @@ class Library:
     def from_rows(
         cls, domain: str, label: str, version: int, rows: Sequence[Mapping[str, Any]], token_budget: int | None
     ) -> Library:
-        experiences = tuple(Experience(int(row["id"]), str(row["text"])) for row in rows)
-        prompt = render_prompt({e.id: e.text for e in experiences}, token_budget)
+        experiences = tuple(
+            Experience(int(row["id"]), str(row["text"]), usefulness=Experience.from_json(row).usefulness)
+            for row in rows
+        )
+        prompt = render_prompt(
+            {e.id: e.text for e in experiences}, token_budget, {e.id: e.usefulness for e in experiences}
+        )
         return cls(domain, label, version, experiences, prompt)

@@ -52,6 +52,7 @@ STEP_MARKERS = {
     "advantage": "State at most",
     "operations": "Decide how the new experiences change the library",
     "consolidation": "Merge them into one consistent set",
+    "merge": "say nearly the same thing",
 }
 
 

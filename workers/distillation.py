@@ -37,7 +37,7 @@ from grpod.workers.operations import (
     validate,
 )
 
-Purpose = Literal["summary", "advantage", "operations", "consolidation"]
+Purpose = Literal["summary", "advantage", "operations", "consolidation", "merge"]
 PURPOSES: tuple[Purpose, ...] = ("summary", "advantage", "operations", "consolidation")
 STEP_ATTEMPTS = 3  # a step whose answer cannot be used is asked again, warmer, this many times in all
 RETRY_TEMPERATURE = 0.7
@@ -387,7 +387,7 @@ class StepFailedError(Exception):
         self.purpose = purpose
 
 
-def _ask_until(
+def ask_until(
     ask: Ask,
     purpose: Purpose,
     messages: Messages,
@@ -569,14 +569,14 @@ def distill(
 
     def summarise(sample: Sample) -> str:
         messages = summary_messages(settings, sample, lowest, highest)
-        return str(_ask_until(ask, "summary", messages, None, SUMMARY_MAX_TOKENS, read_summary))
+        return str(ask_until(ask, "summary", messages, None, SUMMARY_MAX_TOKENS, read_summary))
 
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(samples)))) as executor:
         summaries = list(executor.map(summarise, samples))
 
     show = shown or whole_library(library)
     k = settings.max_new_experiences
-    new_experiences: list[str] = _ask_until(
+    new_experiences: list[str] = ask_until(
         ask,
         "advantage",
         advantage_messages(settings, samples, summaries, show("advantage", [sample.query for sample in samples])),
@@ -593,7 +593,7 @@ def distill(
     notes = list(split.notes)
     if split.close:
         try:
-            parsed, parse_notes = _ask_until(
+            parsed, parse_notes = ask_until(
                 ask,
                 "operations",
                 operations_messages(
@@ -712,7 +712,7 @@ def consolidate_window(
     named_ids = {op.experience_id for op in current if op.experience_id is not None}
 
     try:
-        answered, answer_notes = _ask_until(
+        answered, answer_notes = ask_until(
             ask,
             "consolidation",
             consolidation_messages(

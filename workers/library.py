@@ -33,12 +33,18 @@ Provenance = Callable[[Operation], Mapping[str, Any]]
 
 
 def next_experiences(
-    parent: LibraryVersion, operations: Sequence[Operation], version: int, provenance: Provenance
+    parent: LibraryVersion,
+    operations: Sequence[Operation],
+    version: int,
+    provenance: Provenance,
+    usefulness: Mapping[int, float] | None = None,
 ) -> tuple[dict[int, Experience], int]:
     """The experiences of ``version`` (parent + operations) and the next unused id.
 
     Ids never change and are never reused: new experiences take ids from the domain's
-    ``next_experience_id`` on, which counts every id any version ever gave out.
+    ``next_experience_id`` on, which counts every id any version ever gave out. An experience
+    keeps its parent's usefulness score while its text stays; a new or changed one has none until
+    a consolidation scores it (``usefulness``: the scores a consolidation gives, by id).
     """
     applied = apply(parent.texts(), operations, parent.next_experience_id)
     result: dict[int, Experience] = {}
@@ -56,7 +62,9 @@ def next_experiences(
         change = changed.get(experience_id)
         if change is not None and (before is None or before.text != text):
             history = (*history, {"version": version, "operation": change.kind, **provenance(change)})
-        result[experience_id] = Experience(experience_id, text, history)
+        kept = before.usefulness if before is not None and before.text == text else None
+        score = usefulness.get(experience_id, kept) if usefulness is not None else kept
+        result[experience_id] = Experience(experience_id, text, history, score)
     return result, applied.next_id
 
 

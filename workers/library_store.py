@@ -62,6 +62,7 @@ def publish(
     provenance: Provenance,
     distillation_ids: Sequence[int] = (),
     llm_call_ids: Sequence[int] = (),
+    usefulness: Mapping[int, float] | None = None,
 ) -> int:
     """Append the version ``operations`` make of ``parent``; its number is the domain's next one.
 
@@ -73,7 +74,7 @@ def publish(
     # The parent may have been read before another version gave out more ids: count those too.
     used = conn.execute(queries["next_experience_id"], {"domain": parent.domain}).fetchone()
     parent = replace(parent, next_experience_id=max(parent.next_experience_id, int(used[0]) if used else 1))
-    experiences, next_id = next_experiences(parent, operations, version, provenance)
+    experiences, next_id = next_experiences(parent, operations, version, provenance, usefulness)
     conn.execute(
         queries["insert_version"],
         {

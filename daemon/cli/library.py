@@ -82,7 +82,8 @@ def show(
         return
     texts = {e["id"]: e["text"] for e in report["experiences"]}
     if format == "prompt":
-        typer.echo(render_prompt(texts, token_budget))
+        usefulness = {e["id"]: e.get("usefulness") for e in report["experiences"]}
+        typer.echo(render_prompt(texts, token_budget, usefulness))
         return
     labels = f" ({', '.join(report['labels'])})" if report["labels"] else ""
     state = []

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from grpod.schema.library import block_tokens
+from grpod.sdk import LibraryCache
 from grpod.workers import consolidation_store, library_store
 from grpod.workers.embeddings import LocalEmbedder
 from grpod.workers.operations import Operation
@@ -107,7 +108,7 @@ def test_a_library_over_both_budgets_ends_within_them(conn: psycopg.Connection[A
 
 
 def test_retirement_follows_the_reward_record_of_the_versions_that_added_each(
-    conn: psycopg.Connection[Any], embedder: LocalEmbedder
+    conn: psycopg.Connection[Any], embedder: LocalEmbedder, database_url: str
 ) -> None:
     ingest(conn, trace("t0"))
     publish(conn, "support", [Operation("ADD", DISTINCT[0])])  # version 1
@@ -131,6 +132,16 @@ def test_retirement_follows_the_reward_record_of_the_versions_that_added_each(
     }
     assert set(scores) == {1, 3}
     assert (scores[1] or 0) > (scores[3] or 0)  # the one with the reward record is served first
+    # An agent whose budget holds one experience gets the one with the best evidence, not the oldest
+    # or the newest, and the version it is told identifies exactly that.
+    with LibraryCache(database_url, listen=False, token_budget=block_tokens({1: DISTINCT[0]})) as cache:
+        library = cache.get("support")
+    assert library.version == run.version
+    assert library.prompt.splitlines()[1:] == [f"[1] {DISTINCT[0]}"]
+    publish(conn, "support", [Operation("ADD", "When a refund is asked for, check the order's payment state first.")])
+    with LibraryCache(database_url, listen=False, token_budget=block_tokens({1: DISTINCT[0]})) as cache:
+        newer = cache.get("support")
+    assert newer.version == (run.version or 0) + 1 and newer.prompt == library.prompt  # an unscored one waits
 
 
 def test_a_consolidation_is_a_normal_version_gated_frozen_and_rolled_back(

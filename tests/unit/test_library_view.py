@@ -161,3 +161,19 @@ def test_diff_of_a_library_with_itself_is_empty(texts: dict[int, str]) -> None:
     empty = _stored(0, {})
     assert [entry["id"] for entry in diff_libraries(empty, library)["added"]] == sorted(texts)
     assert [entry["id"] for entry in diff_libraries(library, empty)["removed"]] == sorted(texts)
+
+
+def test_an_experience_keeps_its_score_while_its_text_stays() -> None:
+    from grpod.workers.library import next_experiences
+    from grpod.workers.operations import Operation
+
+    parent = StoredLibrary(
+        "support", 3, {1: Experience(1, "When A, B.", (), 0.3), 2: Experience(2, "When C, D.", (), 0.2)}, 3
+    )
+    operations = [Operation("UPDATE", "When C, do D.", 2), Operation("ADD", "When E, F.")]
+    experiences, _ = next_experiences(parent, operations, 4, lambda op: {})
+    assert {i: e.usefulness for i, e in experiences.items()} == {1: 0.3, 2: None, 3: None}
+    scored, _ = next_experiences(parent, [], 4, lambda op: {}, {1: 0.5})
+    assert {i: e.usefulness for i, e in scored.items()} == {1: 0.5, 2: 0.2}
+    assert Experience.from_json(experiences[1].to_json()) == experiences[1]
+    assert "usefulness" not in experiences[3].to_json()

@@ -153,6 +153,8 @@ def merge_cluster(
     except StepFailedError as error:
         return Note(described, "dropped", f"{error}; the experiences stay as they are")
     checked, notes = validate([Operation("UPDATE", text, cluster[0])], library, settings.experience_max_words)
+    if not checked and not notes:  # the keeper's own text: it stays as it is, and the others go
+        return Merge(cluster, library[cluster[0]], reason)
     if not checked:
         why = notes[0].why if notes else "the merged text was not usable"
         return Note(described, "dropped", f"{why}; the experiences stay as they are")
@@ -230,7 +232,7 @@ def plan(
     retiring = {r.experience_id for r in retired}
     for merge in merges:
         names = ", ".join(f"[{i}]" for i in merge.cluster)
-        if merge.keeper not in retiring:
+        if merge.keeper not in retiring and merge.text != library[merge.keeper]:
             why = f"merged near-duplicates {names}" + (f": {merge.reason}" if merge.reason else "")
             operations.append(Operation("UPDATE", merge.text, merge.keeper, why))
         for gone in merge.cluster[1:]:

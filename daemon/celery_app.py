@@ -20,6 +20,7 @@ from celery import Celery, Task, signals
 from kombu.entity import Exchange, Queue
 
 from grpod.daemon.logs import configure_logging
+from grpod.daemon.schedule import SlotSchedule
 from grpod.daemon.settings import Settings
 from grpod.schema.topology import dead_letter_queue, is_rabbitmq, queue_name, quorum_arguments
 
@@ -28,6 +29,7 @@ STAGES: tuple[str, ...] = ("ingest", "group", "distill", "library", "maintenance
 TASK_MODULES = ("grpod.daemon.tasks",)
 EXPIRE_REWARDS_SECONDS = 600.0
 SWEEP_SECONDS = 60.0
+MAINTENANCE_SECONDS = 600.0  # the default of GRPOD_MAINTENANCE_SECONDS
 
 
 def stage_queues(settings: Settings, broker_url: str) -> list[Queue]:
@@ -79,7 +81,14 @@ def broker_transport_options(settings: Settings, broker_url: str) -> dict[str, A
     return {}
 
 
-def beat_schedule(heartbeat_seconds: float) -> dict[str, dict[str, Any]]:
+def beat_schedule(
+    heartbeat_seconds: float, maintenance_seconds: float = MAINTENANCE_SECONDS
+) -> dict[str, dict[str, Any]]:
+    """What beat sends. Each entry with an effect is on a ``SlotSchedule``, so beat sends it with its
+    slot, and its task is decorated with ``tasks.one_effect_per_slot``: a copy of the same slot from
+    a second beat finds the slot claimed and does nothing. No entry has ``expires``: on RabbitMQ it
+    becomes a message TTL, and a late sweep was dead-lettered into ``<prefix>.dead`` instead of
+    running."""
     # Evaluated once per process; in the beat process these name the beat itself.
     this_beat = {
         "hostname": socket.gethostname(),
@@ -88,32 +97,21 @@ def beat_schedule(heartbeat_seconds: float) -> dict[str, dict[str, Any]]:
         "version": version("grpod"),
     }
     return {
+        # No slot claim: a heartbeat only records liveness, and each beat's copy names a different
+        # process (the beat that sent it), so every copy should run; running one twice changes nothing.
         "heartbeat": {
             "task": "grpod.maintenance.heartbeat",
             "schedule": heartbeat_seconds,
             "kwargs": {"beat": this_beat},
-            "options": {"expires": heartbeat_seconds},
         },
-        "sweep-grouping": {
-            "task": "grpod.group.sweep",
-            "schedule": SWEEP_SECONDS,
-            "options": {"expires": SWEEP_SECONDS},
-        },
-        "sweep-distillation": {
-            "task": "grpod.distill.sweep",
-            "schedule": SWEEP_SECONDS,
-            "options": {"expires": SWEEP_SECONDS},
-        },
-        "judge-libraries": {
-            "task": "grpod.library.judge",
-            "schedule": SWEEP_SECONDS,
-            "options": {"expires": SWEEP_SECONDS},
-        },
+        "sweep-grouping": {"task": "grpod.group.sweep", "schedule": SlotSchedule(SWEEP_SECONDS)},
+        "sweep-distillation": {"task": "grpod.distill.sweep", "schedule": SlotSchedule(SWEEP_SECONDS)},
+        "judge-libraries": {"task": "grpod.library.judge", "schedule": SlotSchedule(SWEEP_SECONDS)},
         "expire-rewards": {
             "task": "grpod.maintenance.expire_rewards",
-            "schedule": EXPIRE_REWARDS_SECONDS,
-            "options": {"expires": EXPIRE_REWARDS_SECONDS},
+            "schedule": SlotSchedule(EXPIRE_REWARDS_SECONDS),
         },
+        "maintenance-sweep": {"task": "grpod.maintenance.sweep", "schedule": SlotSchedule(maintenance_seconds)},
     }
 
 
@@ -175,7 +173,8 @@ def create_app(settings: Settings, broker_url: str | None = None) -> Celery:
         # host and broker died declaring it (RESOURCE_LOCKED), and broadcasts reached every deployment.
         control_exchange=settings.queue_prefix,
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        beat_schedule=beat_schedule(settings.heartbeat_seconds),
+        beat_schedule=beat_schedule(settings.heartbeat_seconds, settings.maintenance_seconds),
+        beat_scheduler="grpod.daemon.schedule:SlotScheduler",
         beat_schedule_filename=str(settings.beat_schedule_file),
         timezone="UTC",
         enable_utc=True,

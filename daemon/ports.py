@@ -22,7 +22,7 @@ from grpod.workers.llm import LLM
 def llm_from_settings(settings: Settings) -> LLM:
     """The LLM GRPOD_LLM_BASE_URL names: the bundled SmolLM2 when unset, else the API at that URL."""
     if settings.llm_base_url is None:
-        return llm.LocalLLM(n_threads=settings.llm_threads or llm.LOCAL_THREADS)
+        return llm.LocalLLM(n_threads=settings.llm_threads or os.cpu_count() or llm.LOCAL_THREADS)
     if not settings.llm_model:
         raise ConfigError(
             f"GRPOD_LLM_MODEL must name the model at GRPOD_LLM_BASE_URL={redact(settings.llm_base_url)}; "

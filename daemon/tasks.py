@@ -266,6 +266,30 @@ def judge_libraries(slot: str | None = None) -> int:
     return acted
 
 
+@shared_task(name="grpod.library.consolidate", autoretry_for=TRANSIENT)
+@one_effect_per_slot
+def consolidate_libraries(slot: str | None = None) -> dict[str, str]:
+    """Beat's consolidation of every library (workers/consolidation_store.py): each domain on its own,
+    so one that fails (its LLM away, a bug) is logged and tried at the next slot."""
+    from grpod.daemon.ports import process_embedder, process_llm
+    from grpod.workers import consolidation_store
+
+    with _autocommit() as conn:
+        domains = consolidation_store.domains_to_consolidate(conn)
+    outcome: dict[str, str] = {}
+    for domain in domains:
+        try:
+            with _autocommit() as conn:
+                run = consolidation_store.consolidate(conn, process_llm(), process_embedder(), domain)
+            outcome[domain] = run.status
+        except Exception:
+            log.exception("consolidating a library failed; the next slot tries again", domain=domain)
+            outcome[domain] = "failed"
+    if any(status == "published" for status in outcome.values()):
+        log.info("libraries consolidated", **outcome)
+    return outcome
+
+
 @shared_task(name="grpod.maintenance.sweep", autoretry_for=TRANSIENT)
 @one_effect_per_slot
 def sweep_maintenance(slot: str | None = None) -> dict[str, Any]:

@@ -16,6 +16,10 @@ transaction. A step returns what it found (counts, or ids); the caller (beat's t
 - retention: ``retention_seconds`` after a distillation was applied, the trajectories of the
   traces it used are dropped, and so are the request bodies of LLM calls no resume or replay can
   need; ids, queries, answers, rewards, responses and the SHA-256 of what was dropped stay.
+- group merges: groups whose members have come within the threshold of another's centroid merge,
+  and a group short of G for ``group_merge_wait_seconds`` joins its nearest within the relaxed
+  threshold (``grouping_store.merge_groups``); survivors that became ready are named to be sent.
+  It runs after the domain's transaction, in one of its own under the domain's grouping lock.
 - pruning: rejected events and heartbeats older than their deployment's periods, and slot claims
   older than ``slot_claims.CLAIM_RETENTION_SECONDS``.
 """
@@ -30,7 +34,7 @@ import psycopg
 import structlog
 
 from grpod.schema.sql import load_queries
-from grpod.workers import distillation_store, slot_claims
+from grpod.workers import distillation_store, grouping_store, slot_claims
 from grpod.workers.upkeep_settings import UpkeepSettings
 
 QUERIES = ("grpod.schema", "queries/maintenance.sql")
@@ -117,6 +121,13 @@ DOMAIN_STEPS: tuple[tuple[str, DomainStep], ...] = (
 )
 
 
+def group_merges(conn: psycopg.Connection[Any], domain: str) -> Found:
+    """Merge groups that never reach G into their neighbours; the survivors that became ready."""
+    ready: list[int] = []
+    merged = grouping_store.merge_groups(conn, domain, on_ready=lambda groups: ready.extend(g for g, _ in groups))
+    return {"merged_groups": len(merged.merges), "traces_moved": merged.traces_moved, "groups_to_distill": ready}
+
+
 # Deployment steps ------------------------------------------------------------------------------
 
 
@@ -189,6 +200,7 @@ def sweep(
     *,
     domain_steps: Sequence[tuple[str, DomainStep]] = DOMAIN_STEPS,
     deployment_steps: Sequence[tuple[str, DeploymentStep]] = DEPLOYMENT_STEPS,
+    merge_groups: bool = True,
 ) -> SweepReport:
     """Run every step: each domain's in a transaction of its own, then each deployment step in its own."""
     distillation_store.require_autocommit(conn)  # each transaction below must be a real one
@@ -208,6 +220,14 @@ def sweep(
             reports.append(StepReport(step, domain, error=_sentence(error)))
             continue
         reports.extend(done)
+        if merge_groups:
+            try:  # a transaction of its own: each ready mark commits before the group is handed on
+                reports.append(StepReport("group_merges", domain, group_merges(conn, domain)))
+            except Exception as error:
+                if conn.broken:
+                    raise
+                log.exception("merging a domain's groups failed", domain=domain)
+                reports.append(StepReport("group_merges", domain, error=_sentence(error)))
     for step, deployment_run in deployment_steps:
         try:
             with conn.transaction():

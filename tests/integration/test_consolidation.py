@@ -164,3 +164,32 @@ def test_a_consolidation_is_a_normal_version_gated_frozen_and_rolled_back(
         library_store.lock_updates_now(conn, "support")
         library_store.discard_candidate(conn, "support", actor="operator", reason="not yet")
     assert library_store.labels(conn, "support") == {"production": 1}
+
+
+def test_the_scheduled_consolidation_makes_one_version_per_slot_whoever_sends_it(
+    conn: psycopg.Connection[Any], database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from grpod.daemon import resources
+    from grpod.daemon.tasks import consolidate_libraries
+
+    from ..scripted_llm import ScriptedEndpoint
+
+    ingest(conn, trace("t1"))
+    publish(conn, "support", [Operation("ADD", text) for text in DUPLICATES])
+    with ScriptedEndpoint({"merge": json.dumps({"text": MERGED, "reason": "same"})}) as endpoint:
+        monkeypatch.setenv("GRPOD_DATABASE_URL", database_url)
+        monkeypatch.setenv("GRPOD_LLM_BASE_URL", endpoint.url)
+        monkeypatch.setenv("GRPOD_LLM_MODEL", "scripted")
+        resources.forget()
+        slot = "2026-12-01T10:00:00+00:00"
+        first = consolidate_libraries.apply(kwargs={"slot": slot}, task_id="beat-1").get()
+        # The second beat's copy of the same slot; then a planted near-duplicate the next slot merges.
+        second = consolidate_libraries.apply(kwargs={"slot": slot}, task_id="beat-2").get()
+        publish(conn, "support", [Operation("ADD", DUPLICATES[0])])
+        later = consolidate_libraries.apply(kwargs={"slot": "2026-12-01T11:00:00+00:00"}, task_id="beat-2").get()
+        resources.forget()
+    assert first == {"support": "published"} and later == {"support": "published"}
+    assert second == {"skipped": f"slot {slot} of grpod.library.consolidate is claimed by another task"}
+    assert endpoint.calls == ["merge", "merge"]
+    made = conn.execute("SELECT count(*) FROM library_versions WHERE created_by = 'consolidation'").fetchone()
+    assert made == (2,)

@@ -374,3 +374,22 @@ def test_a_failing_domain_is_rolled_back_and_holds_back_no_other(conn: psycopg.C
     assert _found(report, "breaks", "gamma") == {"checked": 1}
     assert _found(report, "pruning", None)["rejected_events"] == 0  # the deployment's steps ran too
     assert report.to_json()["domains"]["beta"] == {"error": "RuntimeError: a bug in one domain's step"}
+
+
+def test_the_sweep_merges_groups_that_never_reach_g_and_names_the_ready_survivor(
+    conn: psycopg.Connection[Any],
+) -> None:
+    from .test_group_merging import _split_groups
+
+    first, second = _split_groups(conn, wait_seconds=0)  # 3 + 2 traces of one topic, apart
+
+    report = sweep(conn, DeploymentUpkeep())
+
+    found = _found(report, "group_merges")
+    assert (found["merged_groups"], found["traces_moved"]) == (1, 2)
+    (survivor,) = {first, second} & {row[0] for row in conn.execute("SELECT id FROM groups")}
+    assert found["groups_to_distill"] == [survivor] and report.groups_to_distill == [survivor]
+    assert conn.execute("SELECT size, ready_at IS NOT NULL FROM groups WHERE id = %s", (survivor,)).fetchone() == (
+        5,
+        True,
+    )

@@ -114,7 +114,7 @@ def test_the_scheduler_sends_a_slotted_entry_with_its_slot_and_leaves_others_alo
 
 
 def test_every_scheduled_task_with_an_effect_is_slotted_and_none_expires(tmp_path: Path) -> None:
-    app = create_app(Settings(home=tmp_path, maintenance_seconds=5))
+    app = create_app(Settings(home=tmp_path, maintenance_seconds=5, consolidate_seconds=7))
     assert app.conf.beat_scheduler == "grpod.daemon.schedule:SlotScheduler"
     schedule = app.conf.beat_schedule
     assert all("expires" not in entry.get("options", {}) for entry in schedule.values())
@@ -125,8 +125,10 @@ def test_every_scheduled_task_with_an_effect_is_slotted_and_none_expires(tmp_pat
         "grpod.library.judge",
         "grpod.maintenance.expire_rewards",
         "grpod.maintenance.sweep",
+        "grpod.library.consolidate",
     }
     assert schedule["maintenance-sweep"]["schedule"] == SlotSchedule(5)
+    assert schedule["consolidate-libraries"]["schedule"] == SlotSchedule(7)
     assert not isinstance(schedule["heartbeat"]["schedule"], SlotSchedule)  # liveness: every beat's copy runs
     app.loader.import_default_modules()
     for name in slotted:  # each accepts the slot beat sends

@@ -874,6 +874,7 @@ def main() -> int:
             "GRPOD_LLM_BASE_URL": endpoint.url,
             "GRPOD_LLM_MODEL": "scripted",
             "GRPOD_LOG_FORMAT": "json",
+            "GRPOD_API_PORT": "0",  # the soak measures the pipeline; the HTTP API is not under load
         }
         launched = time.monotonic()
         try:

@@ -1,4 +1,5 @@
-"""Operator actions on a domain's experience library: show, history, diff, rollback, promote, pin, freeze.
+"""Operator actions on a domain's experience library: show, history, diff, rollback, promote, pin,
+freeze, export and import.
 
 Every action that changes something runs in one transaction under the domain's update lock (the
 lock the publishing of versions takes), records who did it and why in the append-only audit log,
@@ -8,18 +9,26 @@ with one sentence, before anything changed.
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from grpod.schema.errors import OperatorError
+from grpod.schema.errors import ConfigError, OperatorError
 from grpod.schema.sql import load_queries
-from grpod.workers import library_store
+from grpod.workers import grouping_store, library_store, library_transfer
+from grpod.workers.distillation import LearningSettings
 from grpod.workers.grouping import DomainSettings
-from grpod.workers.library import diff_libraries
+from grpod.workers.library import LibraryVersion, diff_libraries
+from grpod.workers.library_transfer import CallModels, Document
 from grpod.workers.promotion import Stats
 
 QUERIES = ("grpod.schema", "queries/library.sql")
+TRANSFER_QUERIES = ("grpod.schema", "queries/library_transfer.sql")
 
 
 def _history_hint(domain: str) -> str:
@@ -213,3 +222,139 @@ def set_frozen(conn: psycopg.Connection[Any], domain: str, frozen: bool, *, reas
         conn.execute(load_queries(*QUERIES)["set_frozen"], {"domain": domain, "frozen": frozen})
         library_store.record_event(conn, domain, "freeze" if frozen else "unfreeze", actor=actor, reason=reason)
     return {"domain": domain, "frozen": frozen, "actor": actor, "reason": reason}
+
+
+# Sharing a library: export and import ---------------------------------------------------------
+
+
+def configured_llm_model() -> str:
+    """The model name this deployment's LLM calls are recorded with (GRPOD_LLM_MODEL, or the
+    bundled model when GRPOD_LLM_BASE_URL is unset)."""
+    from grpod.daemon import resources
+    from grpod.workers.llm import LOCAL_MODEL
+
+    settings = resources.settings()
+    if settings.llm_base_url is None:
+        return LOCAL_MODEL
+    if not settings.llm_model:
+        raise ConfigError("GRPOD_LLM_MODEL must name the model at GRPOD_LLM_BASE_URL; set it.")
+    return settings.llm_model
+
+
+def _call_models(conn: psycopg.Connection[Any], domain: str, library: LibraryVersion) -> CallModels:
+    distillations, versions = library_transfer.provenance_references(library)
+    queries = load_queries(*TRANSFER_QUERIES)
+    by_distillation = conn.execute(
+        queries["models_by_distillation"], {"domain": domain, "distillations": distillations}
+    ).fetchall()
+    by_version = conn.execute(queries["models_by_version"], {"domain": domain, "versions": versions}).fetchall()
+    return CallModels(
+        {int(row[0]): frozenset(row[1]) for row in by_distillation},
+        {int(row[0]): frozenset(row[1]) for row in by_version},
+    )
+
+
+def export_version(
+    conn: psycopg.Connection[Any], domain: str, version: int | None = None, *, configured_model: str | None = None
+) -> dict[str, Any]:
+    """One version of the domain's library (production by default) as a shareable document."""
+    chosen = resolve(conn, domain, version, None)
+    if chosen == 0:
+        if version is None:
+            raise OperatorError(f"domain {domain!r} has no production version to export; give --version N.")
+        raise OperatorError("version 0 is the empty library; there is nothing to export.")
+    library = library_store.load(conn, domain, chosen)
+    return library_transfer.build_document(
+        library,
+        _call_models(conn, domain, library),
+        configured_model=configured_model or configured_llm_model(),
+        embedding_model=grouping_store.domain_state(conn, domain).embedding_model,
+        labels=[name for name, at in library_store.labels(conn, domain).items() if at == chosen],
+        exported_at=datetime.now(UTC),
+    )
+
+
+def write_document(document: dict[str, Any], path: str) -> None:
+    """Write the document to ``path`` whole or not at all (a reader never finds half a file)."""
+    target = Path(path)
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    except OSError as error:
+        raise OperatorError(f"cannot write {path}: {error.strerror or error}.") from None
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # a file to share: not mkstemp's owner-only mode
+        os.replace(temporary, target)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise OperatorError(f"cannot write {path}: {error.strerror or error}.") from None
+
+
+def read_document_file(path: str) -> Document:
+    """The document in a file; a missing or unreadable file is one sentence."""
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(library_transfer.MAX_DOCUMENT_BYTES + 1)
+    except OSError as error:
+        raise OperatorError(f"cannot read {path}: {error.strerror or error}.") from None
+    return library_transfer.read_document(raw, path)
+
+
+def import_document(
+    conn: psycopg.Connection[Any],
+    domain: str,
+    document: Document,
+    *,
+    reason: str,
+    actor: str,
+    configured_model: str | None = None,
+) -> dict[str, Any]:
+    """Make the document's new texts a version of the domain built on its current version.
+
+    The version always becomes the candidate, whatever the publish policy and even with
+    production pinned: experiences learned elsewhere earn production on this domain's rewards
+    (or by an operator's promote). An import that adds nothing makes no version.
+    """
+    if not reason.strip():
+        raise OperatorError("--reason must say why the library is imported; it is kept in the history.")
+    source = document.source
+    with conn.transaction():
+        library_store.lock_updates_now(conn, domain)
+        state = library_store.library_state(conn, domain)  # an unknown domain is refused here
+        max_words = LearningSettings.from_json(state.settings).experience_max_words
+        parent = library_store.load(conn, domain, library_store.current_version(conn, domain))
+        plan = library_transfer.plan_import(document, parent.texts(), max_words)
+        version: int | None = None
+        if plan.operations:
+            version = library_store.publish(
+                conn,
+                parent,
+                plan.operations,
+                plan.notes,
+                created_by="import",
+                reason=reason,
+                provenance=library_transfer.imported_provenance(plan, source),
+            )
+            library_store.move_label(conn, domain, "candidate", version, action="publish", actor=actor, reason=reason)
+    added = []
+    if version is not None:
+        made = library_store.load(conn, domain, version)
+        for experience_id in sorted(set(made.experiences) - set(parent.experiences)):
+            experience = made.experiences[experience_id]
+            origin = experience.provenance[-1]["imported_from"].get("id")
+            added.append({"id": experience_id, "text": experience.text, "from": origin})
+    return {
+        "domain": domain,
+        "version": version,
+        "parent": parent.version,
+        "label": "candidate" if version is not None else None,
+        "source": source.to_json(),
+        "added": added,
+        "skipped": [skipped.to_json() for skipped in plan.skipped],
+        "notes": [note.to_json() for note in plan.notes],
+        "model_warning": library_transfer.model_warning(source, configured_model or configured_llm_model()),
+    }

@@ -77,18 +77,21 @@ class Child:
         return len(self.restarts) < RESTART_BUDGET
 
 
-def child_commands() -> list[Child]:
+def child_commands(settings: Settings) -> list[Child]:
     python = sys.executable
-    return [
+    children = [
         Child("worker", [python, "-m", "grpod.daemon", "worker"]),
         Child("beat", [python, "-m", "grpod.daemon", "beat"]),
     ]
+    if settings.api_port:  # GRPOD_API_PORT=0: no HTTP API from this `grpod up`
+        children.append(Child("api", [python, "-m", "grpod.daemon", "api"]))
+    return children
 
 
 class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.children = child_commands()
+        self.children = child_commands(settings)
         self._stop = threading.Event()
 
     def request_stop(self, signum: int, _frame: FrameType | None) -> None:

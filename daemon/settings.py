@@ -124,6 +124,16 @@ class Settings(BaseSettings):
         le=600,
         description="Seconds `grpod up` waits for its children to stop before killing them.",
     )
+    api_host: str = Field(default="127.0.0.1", description="Where `grpod api` (and `grpod up`) listens.")
+    api_port: int = Field(
+        default=8080, ge=0, le=65535, description="The HTTP API's port (0: do not serve it in `grpod up`)."
+    )
+    api_max_body_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="The largest request body the HTTP API reads (POST /v1/events); larger is 413.",
+    )
     heartbeat_seconds: float = Field(
         default=30.0, gt=0, le=3600, description="How often beat asks a worker to record that both are alive."
     )

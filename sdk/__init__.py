@@ -34,6 +34,7 @@ version gets a reward record (over the database, with the ``postgres`` extra):
 
 from grpod.schema.library import Experience, Library
 from grpod.sdk.client import Client, InvalidEventError, ValidEvent, new_trace_id
+from grpod.sdk.http_library import HttpLibraryCache
 from grpod.sdk.library_cache import LibraryCache, LibraryUnavailableError
 from grpod.sdk.publish import PublishError
 from grpod.sdk.settings import ClientSettings
@@ -42,6 +43,7 @@ __all__ = [
     "Client",
     "ClientSettings",
     "Experience",
+    "HttpLibraryCache",
     "InvalidEventError",
     "Library",
     "LibraryCache",

@@ -13,7 +13,7 @@ from ulid import ULID
 
 from grpod.schema.events import Accepted, Limits, RewardEvent, TraceEvent, validate_event
 from grpod.schema.topology import is_rabbitmq
-from grpod.sdk.publish import AmqpPublisher, EventPublisher, SpoolPublisher
+from grpod.sdk.publish import AmqpPublisher, EventPublisher, HttpPublisher, SpoolPublisher
 from grpod.sdk.settings import ClientSettings, PublishSettings
 
 
@@ -151,6 +151,11 @@ class Client:
 
     def _open_publisher(self) -> EventPublisher:
         settings = self.settings
+        api_url = getattr(settings, "api_url", None)  # a ClientSettings' (the daemon's own have none)
+        if api_url is not None:
+            return HttpPublisher(
+                api_url, getattr(settings, "api_token", None) or "", settings.publish_timeout, settings.publish_retries
+            )
         if settings.broker_url is None or not is_rabbitmq(settings.broker_url):
             return SpoolPublisher(settings.event_spool)
         return AmqpPublisher(

@@ -165,3 +165,52 @@ class SpoolPublisher:
 
     def close(self) -> None:
         return None
+
+
+class HttpPublisher:
+    """Publishes over grpod's HTTP API (``POST /v1/events`` with a ``publish`` token), for an agent
+    with no broker access. The API publishes with confirms; a failed request is retried."""
+
+    def __init__(self, api_url: str, token: str, timeout: float, retries: int) -> None:
+        if not api_url.startswith(("http://", "https://")):
+            raise PublishError(f"GRPOD_API_URL must start with http:// or https://, not {api_url!r}")
+        self.url = api_url.rstrip("/") + "/v1/events"
+        self.token = token
+        self.timeout = timeout
+        self.retries = retries
+
+    def publish(self, bodies: Sequence[bytes]) -> None:
+        import json
+        import urllib.error
+        import urllib.request
+
+        data = b"[" + b",".join(bodies) + b"]"
+        last = ""
+        for attempt in range(self.retries + 1):
+            request = urllib.request.Request(  # noqa: S310 (the scheme is checked above)
+                self.url,
+                data=data,
+                method="POST",
+                headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310
+                    outcome = json.loads(answer.read())
+            except urllib.error.HTTPError as error:
+                detail = error.read().decode(errors="replace")[:300]
+                if error.code in (400, 401, 403, 413):  # asking again changes nothing
+                    raise PublishError(f"grpod's API refused the events ({error.code}): {detail}") from None
+                last = f"{error.code}: {detail}"
+            except OSError as error:
+                last = str(error)
+            else:
+                if outcome.get("rejected"):
+                    raise PublishError(
+                        f"grpod's API rejected some events (kept with their reasons): {outcome['rejected']}"
+                    )
+                return
+            time.sleep(min(5.0, 0.2 * 2**attempt))
+        raise PublishError(f"grpod's API at {self.url} did not take the events after {self.retries + 1} tries: {last}")
+
+    def close(self) -> None:
+        pass

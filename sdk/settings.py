@@ -61,6 +61,9 @@ class ClientSettings:
     publish_retries: int = PUBLISH_RETRIES
     max_event_bytes: int = Limits.max_event_bytes
     max_query_bytes: int = Limits.max_query_bytes
+    # Publish over grpod's HTTP API instead (a `publish` token), for an agent with no broker access.
+    api_url: str | None = None
+    api_token: str | None = field(default=None, repr=False)
 
     @property
     def event_spool(self) -> Path:
@@ -95,4 +98,6 @@ class ClientSettings:
             publish_retries=number("PUBLISH_RETRIES", int, PUBLISH_RETRIES, 0),
             max_event_bytes=number("MAX_EVENT_BYTES", int, Limits.max_event_bytes, 1024),
             max_query_bytes=number("MAX_QUERY_BYTES", int, Limits.max_query_bytes, 64),
+            api_url=environ.get("GRPOD_API_URL") or None,
+            api_token=environ.get("GRPOD_API_TOKEN") or None,
         )

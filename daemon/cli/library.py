@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import getpass
+import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
@@ -19,7 +21,8 @@ if TYPE_CHECKING:
     import psycopg
 
 library_app = typer.Typer(
-    help="A domain's experience library: show, history, diff, rollback, promote, pin, freeze.", no_args_is_help=True
+    help="A domain's experience library: show, history, diff, rollback, promote, pin, freeze, export, import.",
+    no_args_is_help=True,
 )
 app.add_typer(library_app, name="library")
 
@@ -182,6 +185,70 @@ def diff(
         typer.echo(f"~ [{change['id']}] {change['from']}\n    -> {change['to']}")
     if not (report["added"] or report["removed"] or report["changed"]):
         typer.echo("  (no difference)")
+
+
+@library_app.command("export")
+def export(
+    domain: Domain,
+    version: Annotated[int | None, typer.Option(help="This version (default: production).")] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", metavar="FILE", help="Write it to FILE (default: standard output).")
+    ] = None,
+) -> None:
+    """A version as a JSON file to share: its experiences, their provenance summarised, the model(s) that learned it."""
+    from grpod.daemon import library_admin
+
+    with _connection() as conn:
+        document = library_admin.export_version(conn, domain, version)
+    if output is None or output == "-":
+        sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        return
+    library_admin.write_document(document, output)
+    typer.echo(
+        f"{domain}: version {document['version']} ({len(document['experiences'])} experience(s), "
+        f"learned with {', '.join(document['models'])}) written to {output}"
+    )
+
+
+@library_app.command("import")
+def import_(
+    domain: Domain,
+    file: Annotated[
+        str, typer.Argument(metavar="FILE", help="A file `grpod library export` wrote (-: standard input).")
+    ],
+    reason: Reason,
+    actor: Actor = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Make an exported library a new version of DOMAIN: always the candidate, judged by the reward gate."""
+    from grpod.daemon import library_admin
+    from grpod.workers.library_transfer import MAX_DOCUMENT_BYTES, read_document
+
+    # The file is read and checked before anything connects: a bad one changes nothing.
+    if file == "-":
+        document = read_document(sys.stdin.buffer.read(MAX_DOCUMENT_BYTES + 1), "standard input")
+    else:
+        document = library_admin.read_document_file(file)
+    with _connection() as conn:
+        report = library_admin.import_document(conn, domain, document, reason=reason, actor=_actor(actor))
+    if report["model_warning"]:
+        typer.echo(f"grpod: warning: {report['model_warning']}", err=True)
+    if as_json:
+        _print_json(report)
+        return
+    source = report["source"]
+    origin = f"{source['domain']} version {source['version']}"
+    if report["version"] is None:
+        typer.echo(f"{domain}: no new version: none of the {len(document.experiences)} experiences of {origin} is new")
+    else:
+        typer.echo(
+            f"{domain}: version {report['version']} (candidate) from {report['parent']}: "
+            f"{len(report['added'])} experience(s) imported from {origin}, {len(report['skipped'])} already there"
+        )
+    for experience in report["added"]:
+        typer.echo(f"+ [{experience['id']}] {experience['text']}")
+    for note in report["notes"]:
+        typer.echo(f"  {note['action']}: {note['proposed']}: {note['why']}")
 
 
 def _act(

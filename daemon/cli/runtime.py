@@ -217,3 +217,16 @@ def health(
     else:
         typer.echo(("live" if live else "ready") + (": yes" if ok else ": no (" + "; ".join(verdict.reasons) + ")"))
     raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def api() -> None:
+    """Serve the HTTP API for agents and operators on GRPOD_API_HOST:GRPOD_API_PORT (OpenAPI at /openapi.json)."""
+    import uvicorn
+
+    from grpod.daemon.api.app import create_app
+
+    settings = command_settings()
+    migrated_database(settings)  # fail fast, with a clear sentence, on a bad or unmigrated database
+    # No access log: a request line never shows a token, and grpod logs each request's token name.
+    uvicorn.run(create_app(), host=settings.api_host, port=settings.api_port, access_log=False, log_config=None)

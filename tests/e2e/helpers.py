@@ -17,6 +17,8 @@ def grpod_env(home: Path, **settings: str) -> dict[str, str]:
     env["GRPOD_HOME"] = str(home)
     env["GRPOD_LOG_FORMAT"] = "json"
     env.update({f"GRPOD_{name.upper()}": value for name, value in settings.items()})
+    # A `grpod up` of a test serves no HTTP API unless the test gives it a port of its own.
+    env.setdefault("GRPOD_API_PORT", "0")
     return env
 
 

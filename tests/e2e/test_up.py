@@ -1,11 +1,13 @@
-"""`grpod up` as a process: embedded database, migrations, worker and beat, clean stop."""
+"""`grpod up` as a process: embedded database, migrations, worker, beat and the HTTP API, clean stop."""
 
 from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,9 +34,28 @@ def _wait_for_processes(env: dict[str, str], roles: set[str], timeout: float) ->
     raise AssertionError(f"no heartbeat from {roles} within {timeout}s; last status: {report}")
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _answers(url: str, timeout: float) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                return json.loads(answer.read())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def test_up_runs_worker_and_beat_refuses_a_second_copy_and_stops_cleanly(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    env = grpod_env(home, heartbeat_seconds="1", worker_concurrency="1", shutdown_timeout="20")
+    port = _free_port()
+    env = grpod_env(home, heartbeat_seconds="1", worker_concurrency="1", shutdown_timeout="20", api_port=str(port))
     log_path = tmp_path / "up.log"
     with log_path.open("w") as log:
         started = time.monotonic()
@@ -45,6 +66,7 @@ def test_up_runs_worker_and_beat_refuses_a_second_copy_and_stops_cleanly(tmp_pat
             assert report["database_mode"] == "embedded"
             assert report["broker_mode"] == "embedded"
             assert report["schema_version"] >= 2  # type: ignore[operator]
+            assert _answers(f"http://127.0.0.1:{port}/readyz", timeout=60) == {"ok": True}  # the HTTP API too
 
             second = run_grpod(["up"], env, timeout=60)
             assert second.returncode == 2

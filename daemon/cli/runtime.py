@@ -53,7 +53,16 @@ def up() -> None:
 
 
 @app.command()
-def migrate(as_json: JsonOption = False) -> None:
+def migrate(
+    read_only_role: Annotated[
+        str | None,
+        typer.Option(
+            help="Also create (or update) this database role, which reads every table and changes nothing; "
+            "its password from GRPOD_READ_ONLY_PASSWORD."
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
     """Apply the schema migrations the database lacks, and declare the broker's queues (both idempotent)."""
     from grpod.daemon.migrations import migrate as apply_migrations
 
@@ -61,9 +70,22 @@ def migrate(as_json: JsonOption = False) -> None:
     report = apply_migrations(resources.database_url(), connect_timeout=settings.database_connect_timeout)
     broker = _declare_broker(settings)
     applied = [{"version": m.version, "name": m.name} for m in report.applied]
+    role: dict[str, object] | None = None
+    if read_only_role is not None:
+        from grpod.daemon.database import connect
+        from grpod.daemon.read_only_role import ensure_read_only_role
+
+        with connect(resources.database_url(), connect_timeout=settings.database_connect_timeout) as conn:
+            created = ensure_read_only_role(conn, read_only_role, os.environ.get("GRPOD_READ_ONLY_PASSWORD", ""))
+        role = {"name": read_only_role, "created": created}
     if as_json:
-        print_json({"applied": applied, "current_version": report.current_version, "broker_declared": broker})
+        print_json(
+            {"applied": applied, "current_version": report.current_version, "broker_declared": broker}
+            | ({"read_only_role": role} if role is not None else {})
+        )
         return
+    if role is not None:
+        typer.echo(f"Read-only role {read_only_role} {'created' if role['created'] else 'updated'}.")
     if broker:
         typer.echo(f"Broker queues declared on {broker}.")
     if not applied:

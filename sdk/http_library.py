@@ -14,9 +14,6 @@ import json
 import logging
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +95,8 @@ class HttpLibraryCache:
         return fresh.library
 
     def _url(self, key: tuple[str, str], wait: float) -> str:
+        import urllib.parse
+
         domain, label = key
         query: dict[str, str] = {"label": label}
         if self.token_budget is not None:
@@ -107,6 +106,10 @@ class HttpLibraryCache:
         return f"{self._base}/v1/libraries/{urllib.parse.quote(domain, safe='')}?{urllib.parse.urlencode(query)}"
 
     def _fetch(self, key: tuple[str, str], entry: _Entry | None, wait: float) -> _Entry:
+        # Imported here, not with the SDK: an agent that only records does not pay for urllib.
+        import urllib.error
+        import urllib.request
+
         # The scheme was checked to be http(s) when the cache was made.
         request = urllib.request.Request(  # noqa: S310
             self._url(key, wait), headers={"Authorization": f"Bearer {self._token}"}

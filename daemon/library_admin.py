@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from grpod.schema.errors import ConfigError, OperatorError
+from grpod.schema.errors import ConfigError, NotFoundError, OperatorError
 from grpod.schema.sql import load_queries
 from grpod.workers import grouping_store, library_store, library_transfer
 from grpod.workers.distillation import LearningSettings
@@ -37,7 +37,7 @@ def _history_hint(domain: str) -> str:
 
 def _require_version(conn: psycopg.Connection[Any], domain: str, version: int) -> None:
     if version != 0 and not library_store.version_exists(conn, domain, version):
-        raise OperatorError(f"domain {domain!r} has no library version {version}; {_history_hint(domain)}.")
+        raise NotFoundError(f"domain {domain!r} has no library version {version}; {_history_hint(domain)}.")
 
 
 def resolve(conn: psycopg.Connection[Any], domain: str, version: int | None, label: str | None) -> int:
@@ -137,7 +137,7 @@ def _move_production(
     library_store.lock_updates_now(conn, domain)
     state = library_store.library_state(conn, domain)
     if version == 0 or not library_store.version_exists(conn, domain, version):
-        raise OperatorError(f"domain {domain!r} has no library version {version}; {_history_hint(domain)}.")
+        raise NotFoundError(f"domain {domain!r} has no library version {version}; {_history_hint(domain)}.")
     _refuse_if_pinned(state, domain)
     current = library_store.labels(conn, domain)
     if current.get("production") == version:
@@ -175,7 +175,7 @@ def pin(conn: psycopg.Connection[Any], domain: str, version: int | None, *, reas
         if target is None:
             raise OperatorError(f"domain {domain!r} has no production version to pin; give --version N.")
         if target == 0 or not library_store.version_exists(conn, domain, target):
-            raise OperatorError(f"domain {domain!r} has no library version {target}; {_history_hint(domain)}.")
+            raise NotFoundError(f"domain {domain!r} has no library version {target}; {_history_hint(domain)}.")
         if state.pinned_version is not None:
             raise OperatorError(
                 f"production of {domain!r} is pinned at version {state.pinned_version} already; "

@@ -48,7 +48,7 @@ def create(conn: psycopg.Connection[Any], wanted: Token) -> tuple[Token, str]:
 
 
 def authenticate(conn: psycopg.Connection[Any], secret: str) -> Token | None:
-    """The active token with this secret (marked used), or None."""
+    """The active token with this secret (its last use marked, to the minute), or None."""
     row = conn.execute(load_queries(*QUERIES)["active_token"], {"token_hash": token_hash(secret)}).fetchone()
     return _token(row) if row is not None else None
 

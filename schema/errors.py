@@ -18,5 +18,9 @@ class OperatorError(Exception):
     """
 
 
+class NotFoundError(OperatorError):
+    """What was asked for does not exist: a domain, a version (HTTP 404 where the CLI says it)."""
+
+
 class SettingError(ValueError):
     """A domain's setting is out of range; the message says which and what is allowed."""

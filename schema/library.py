@@ -27,12 +27,16 @@ def experience_lines(experiences: Mapping[int, str]) -> list[str]:
     return [f"[{experience_id}] {text}" for experience_id, text in sorted(experiences.items())]
 
 
+def line_tokens(experience_id: int, text: str) -> int:
+    """What one experience's line costs in a prompt: ``[id] text`` and its line break."""
+    return estimate_tokens(f"[{experience_id}] {text}") + 1
+
+
 def block_tokens(experiences: Mapping[int, str]) -> int:
     """What the whole block of these experiences costs in tokens, as ``render_prompt`` charges it."""
     if not experiences:
         return 0
-    lines = experience_lines(experiences)
-    return estimate_tokens(PROMPT_HEADER) + sum(estimate_tokens(line) + 1 for line in lines)
+    return estimate_tokens(PROMPT_HEADER) + sum(line_tokens(i, text) for i, text in experiences.items())
 
 
 def serving_order(experiences: Mapping[int, str], usefulness: Mapping[int, float | None] | None = None) -> list[int]:
@@ -59,7 +63,7 @@ def render_prompt(
     kept: list[int] = []
     used = estimate_tokens(PROMPT_HEADER)
     for experience_id in serving_order(experiences, usefulness):
-        cost = estimate_tokens(f"[{experience_id}] {experiences[experience_id]}") + 1
+        cost = line_tokens(experience_id, experiences[experience_id])
         if token_budget is not None and used + cost > token_budget:
             break
         kept.append(experience_id)

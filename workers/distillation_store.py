@@ -20,7 +20,7 @@ import psycopg
 import structlog
 from psycopg.types.json import Jsonb
 
-from grpod.schema.errors import OperatorError
+from grpod.schema.errors import NotFoundError
 from grpod.schema.sql import load_queries
 from grpod.workers import grouping_store, library_store
 from grpod.workers.distillation import (
@@ -67,7 +67,7 @@ def domain_settings(
 ) -> tuple[DomainSettings, LearningSettings, PublishSettings]:
     row = conn.execute(queries()["domain_settings"], {"domain": domain}).fetchone()
     if row is None:
-        raise OperatorError(f"there is no domain {domain!r}; `grpod domains` lists them.")
+        raise NotFoundError(f"there is no domain {domain!r}; `grpod domains` lists them.")
     values = row[0] or {}
     return DomainSettings.from_json(values), LearningSettings.from_json(values), PublishSettings.from_json(values)
 

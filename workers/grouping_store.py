@@ -21,7 +21,7 @@ import structlog
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
-from grpod.schema.errors import OperatorError
+from grpod.schema.errors import NotFoundError, OperatorError
 from grpod.schema.sql import load_queries
 from grpod.workers.embeddings import EmbeddingError
 from grpod.workers.grouping import (
@@ -94,7 +94,7 @@ def prepare(conn: psycopg.Connection[Any]) -> None:
 def domain_state(conn: psycopg.Connection[Any], domain: str) -> DomainState:
     row = conn.execute(_queries()["domain_state"], {"domain": domain}).fetchone()
     if row is None:
-        raise OperatorError(f"there is no domain {domain!r}; `grpod domains` lists them.")
+        raise NotFoundError(f"there is no domain {domain!r}; `grpod domains` lists them.")
     return DomainState(DomainSettings.from_json(row[0] or {}), row[1], row[2])
 
 
@@ -415,7 +415,7 @@ def merge_groups(conn: psycopg.Connection[Any], domain: str, on_ready: ReadyGrou
     queries = _queries()
     row = conn.execute(queries["domain_state"], {"domain": domain}).fetchone()
     if row is None:
-        raise OperatorError(f"there is no domain {domain!r}; `grpod domains` lists them.")
+        raise NotFoundError(f"there is no domain {domain!r}; `grpod domains` lists them.")
     values, dimension = row[0] or {}, row[2]
     settings, upkeep = DomainSettings.from_json(values), UpkeepSettings.from_json(values)
     if dimension is None:  # nothing embedded yet: no groups

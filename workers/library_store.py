@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from grpod.schema.errors import OperatorError
+from grpod.schema.errors import NotFoundError
 from grpod.schema.library import Experience
 from grpod.schema.sql import load_queries
 from grpod.workers.grouping import Combination, DomainSettings, SourceReward, combine_rewards
@@ -202,7 +202,7 @@ def discard_candidate(conn: psycopg.Connection[Any], domain: str, *, actor: str,
 def library_state(conn: psycopg.Connection[Any], domain: str) -> LibraryState:
     row = conn.execute(_queries()["library_state"], {"domain": domain}).fetchone()
     if row is None:
-        raise OperatorError(f"there is no domain {domain!r}; `grpod domains` lists them.")
+        raise NotFoundError(f"there is no domain {domain!r}; `grpod domains` lists them.")
     return LibraryState(int(row[0]) if row[0] is not None else None, row[1] is not None, row[2] or {})
 
 

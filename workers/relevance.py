@@ -11,7 +11,7 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from grpod.schema.library import estimate_tokens, experience_lines
+from grpod.schema.library import line_tokens
 
 Vectors = npt.NDArray[np.float32]
 
@@ -34,18 +34,13 @@ def within_budget(
     ranked ones while their lines fit ``budget_tokens``. A line that does not fit is skipped and a
     shorter one after it may still fit."""
     shown = {i: library[i] for i in must if i in library}
-    used = sum(_cost(i, text) for i, text in shown.items())
+    used = sum(line_tokens(i, text) for i, text in shown.items())
     for experience_id in ranked:
         if experience_id in shown:
             continue
-        cost = _cost(experience_id, library[experience_id])
+        cost = line_tokens(experience_id, library[experience_id])
         if used + cost > budget_tokens:
             continue
         shown[experience_id] = library[experience_id]
         used += cost
     return dict(sorted(shown.items()))
-
-
-def _cost(experience_id: int, text: str) -> int:
-    (line,) = experience_lines({experience_id: text})
-    return estimate_tokens(line) + 1  # and its newline

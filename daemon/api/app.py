@@ -9,9 +9,11 @@ grpod logs the token's name. The OpenAPI document is at ``/openapi.json``.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cache
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -26,9 +28,10 @@ from grpod.daemon import access, library_admin, resources, token_store
 from grpod.daemon.access import Scope, Token
 from grpod.daemon.metrics import DatabaseCollector
 from grpod.daemon.status import queue_depths
-from grpod.schema.errors import OperatorError
-from grpod.schema.library import render_prompt
+from grpod.schema.errors import NotFoundError, OperatorError
+from grpod.schema.library import Library
 from grpod.schema.sql import load_queries
+from grpod.sdk.client import Client
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -77,10 +80,10 @@ def _operator_call(run: Callable[[psycopg.Connection[Any]], T]) -> T:
     try:
         with _connection() as conn:
             return run(conn)
+    except NotFoundError as error:
+        raise _problem(404, str(error)) from None
     except OperatorError as error:
-        text = str(error)
-        missing = text.startswith("there is no") or "has no library version" in text
-        raise _problem(404 if missing else 409, text) from None
+        raise _problem(409, str(error)) from None
 
 
 def create_app() -> FastAPI:
@@ -251,22 +254,31 @@ def _library_body(domain: str, label: str, version: int | None, token_budget: in
             if version and not library_store.version_exists(conn, domain, version):
                 raise _problem(404, f"domain {domain!r} has no library version {version}")
             chosen = version
-        library = library_store.load(conn, domain, chosen)
-    experiences = [{"id": e.id, "text": e.text, "usefulness": e.usefulness} for e in library.experiences.values()]
-    prompt = render_prompt(library.texts(), token_budget, {i: e.usefulness for i, e in library.experiences.items()})
+        stored = library_store.load(conn, domain, chosen)
+    # Built as the SDK's cache builds what it serves: the same prompt block for the same version.
+    library = Library.from_rows(domain, label, chosen, [e.to_json() for e in stored.experiences.values()], token_budget)
     return {
         "domain": domain,
         "label": label if version is None else None,
         "version": chosen,
-        "experiences": experiences,
-        "prompt": prompt,
+        "experiences": [{"id": e.id, "text": e.text, "usefulness": e.usefulness} for e in library.experiences],
+        "prompt": library.prompt,
     }
+
+
+@cache
+def _client() -> Client:
+    """One publisher for the process (the SDK's client is thread-safe): one broker connection for
+    every request, not one each."""
+    client = Client(resources.settings())
+    atexit.register(client.close)
+    return client
 
 
 def publish_events(token: Token, body: bytes) -> dict[str, Any]:
     """Validate, check the token's domains, publish the valid events, keep the rejected ones."""
     from grpod.schema.events import Accepted, TraceEvent, parse_event
-    from grpod.sdk.client import Client, ValidEvent
+    from grpod.sdk.client import ValidEvent
     from grpod.sdk.publish import PublishError
     from grpod.workers.ingest import Incoming, insert_rejections
 
@@ -292,8 +304,7 @@ def publish_events(token: Token, body: bytes) -> dict[str, Any]:
                 )
         if accepted:
             try:
-                with Client(settings) as client:
-                    client.record_batch([ValidEvent(valid.document) for _, valid in accepted])
+                _client().record_batch([ValidEvent(valid.document) for _, valid in accepted])
             except PublishError as error:
                 raise _problem(
                     503, f"the events could not be handed to the broker; none was accepted: {error}"

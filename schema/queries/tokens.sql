@@ -4,9 +4,16 @@ INSERT INTO api_tokens (name, token_hash, domains, scopes) VALUES (%(name)s, %(t
 RETURNING name, domains, scopes, created_at, last_used_at, revoked_at;
 
 -- name: active_token
--- The active token with this hash, marking it used.
-UPDATE api_tokens SET last_used_at = now() WHERE token_hash = %(token_hash)s AND revoked_at IS NULL
-RETURNING name, domains, scopes, created_at, last_used_at, revoked_at;
+-- The active token with this hash. Its last use is written at most once a minute: every agent
+-- request authenticates, and a write each would put a row update on the hot path.
+WITH found AS (
+    SELECT id, name, domains, scopes, created_at, last_used_at, revoked_at FROM api_tokens
+    WHERE token_hash = %(token_hash)s AND revoked_at IS NULL
+), touched AS (
+    UPDATE api_tokens t SET last_used_at = now() FROM found
+    WHERE t.id = found.id AND (found.last_used_at IS NULL OR found.last_used_at < now() - interval '1 minute')
+)
+SELECT name, domains, scopes, created_at, last_used_at, revoked_at FROM found;
 
 -- name: tokens
 -- Every token, newest first (never its hash).

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +36,15 @@ def json_lines(text: str) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return lines
+
+
+def wait_for_domains(env: dict[str, str], rewarded: int, timeout: float = 60) -> list[dict[str, object]]:
+    """`grpod domains --json` once its first domain has ``rewarded`` rewarded traces (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    domains: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        domains = json.loads(run_grpod(["domains", "--json"], env).stdout)
+        if domains and domains[0]["rewarded_traces"] == rewarded:
+            break
+        time.sleep(0.5)
+    return domains

@@ -8,11 +8,10 @@ import json
 import shutil
 import signal
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
-from .helpers import GRPOD, grpod_env, run_grpod
+from .helpers import GRPOD, grpod_env, run_grpod, wait_for_domains
 from .test_up import _answers, _free_port
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node" / "grpod_example.mjs"
@@ -49,14 +48,7 @@ def test_the_node_example_publishes_and_reads_through_grpod_up(tmp_path: Path) -
         seen = json.loads(ran.stdout)
         assert (seen["accepted"], seen["version"], seen["experiences"], seen["revalidated"]) == (2, 0, 0, 304)
         assert tokens["publish"] not in ran.stdout + ran.stderr
-        deadline = time.monotonic() + 60
-        domains: list[dict[str, object]] = []
-        while time.monotonic() < deadline:
-            domains = json.loads(run_grpod(["domains", "--json"], env).stdout)
-            if domains and domains[0]["rewarded_traces"] == 1:
-                break
-            time.sleep(0.5)
-        assert domains == [{"domain": "support", "traces": 1, "rewarded_traces": 1}]
+        assert wait_for_domains(env, rewarded=1) == [{"domain": "support", "traces": 1, "rewarded_traces": 1}]
         with urllib.request.urlopen(f"{api}/healthz", timeout=5) as answer:
             assert answer.status == 200
         up.send_signal(signal.SIGTERM)

@@ -11,7 +11,7 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .helpers import GRPOD, grpod_env, json_lines, run_grpod
+from .helpers import GRPOD, grpod_env, json_lines, run_grpod, wait_for_domains
 
 
 def _wait_for_processes(env: dict[str, str], roles: set[str], timeout: float) -> dict[str, object]:
@@ -118,14 +118,7 @@ def test_events_recorded_by_the_sdk_reach_the_database_through_grpod_up(tmp_path
                 domain="support", query="How do I rotate my API key?", trajectory=[], answer="Settings"
             )
             client.record_reward(trace_id, 1.0, source="user_thumbs")
-        deadline = time.monotonic() + 60
-        domains: list[dict[str, object]] = []
-        while time.monotonic() < deadline:
-            domains = json.loads(run_grpod(["domains", "--json"], env).stdout)
-            if domains and domains[0]["rewarded_traces"] == 1:
-                break
-            time.sleep(0.5)
-        assert domains == [{"domain": "support", "traces": 1, "rewarded_traces": 1}]
+        assert wait_for_domains(env, rewarded=1) == [{"domain": "support", "traces": 1, "rewarded_traces": 1}]
         # The ingest consumer hands the trace to the grouping stage: it gets a group without any sweep.
         groups: list[dict[str, object]] = []
         deadline = time.monotonic() + 120

@@ -86,6 +86,8 @@ def history(conn: psycopg.Connection[Any], domain: str, limit: int = 100) -> lis
     for version, parent, created_at, created_by, reason, operations, notes, distillations, size in rows:
         values = [reward.value for reward in rewards.get(int(version), [])]
         stats = Stats.of(values)
+        bounds = stats.interval()
+        interval = list(bounds) if bounds is not None else None  # the 95% interval of the mean
         listed.append(
             {
                 "version": int(version),
@@ -98,7 +100,7 @@ def history(conn: psycopg.Connection[Any], domain: str, limit: int = 100) -> lis
                 "distillation_ids": list(distillations),
                 "experiences": int(size),
                 "labels": sorted(name for name, at in current.items() if at == version),
-                "reward": {"traces": stats.traces, "mean": stats.mean, "stddev": stats.stddev},
+                "reward": {"traces": stats.traces, "mean": stats.mean, "stddev": stats.stddev, "interval": interval},
             }
         )
     return listed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,6 +26,7 @@ def as_json(row: dict[str, Any]) -> dict[str, Any]:
         "detail": row["detail"],
         "received_at": row["received_at"].isoformat(),
         "origin": row["origin"],
+        "domain": row["domain"],
         "trace_id": row["trace_id"],
         "payload": payload.decode("utf-8", errors="replace"),
         "payload_size": row["payload_size"],
@@ -34,9 +36,16 @@ def as_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def list_rejected(conn: psycopg.Connection[Any], reason: str | None, limit: int) -> list[dict[str, Any]]:
+def list_rejected(
+    conn: psycopg.Connection[Any], reason: str | None, limit: int, domains: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """The newest rejected events, of one reason if given, and of these domains only if given
+    (then an event that named no domain is left out)."""
     with conn.cursor(row_factory=dict_row) as cursor:
-        cursor.execute(load_queries(*QUERIES)["list_rejected"], {"reason": reason, "limit": limit})
+        cursor.execute(
+            load_queries(*QUERIES)["list_rejected"],
+            {"reason": reason, "limit": limit, "domains": list(domains) if domains is not None else None},
+        )
         return [as_json(row) for row in cursor.fetchall()]
 
 

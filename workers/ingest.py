@@ -218,6 +218,7 @@ def insert_rejections(
             "payloads": [payload for payload, _ in bounded],
             "payload_sizes": [len(item.payload) for item, _ in rejections],
             "truncated": [truncated for _, truncated in bounded],
+            "domains": [r.domain for _, r in rejections],
         },
     )
     return [row[0] for row in cursor.fetchall()]

@@ -125,6 +125,19 @@ class Stats:
             return cls(0, None, None)
         return cls(len(values), statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
 
+    def interval(self) -> tuple[float, float] | None:
+        """The 95% confidence interval of the mean (Student's t); None under two traces."""
+        if self.mean is None or self.stddev is None or self.traces < 2:
+            return None
+        df = self.traces - 1
+        quantile = T_975_SMALL_DF[df] if df in T_975_SMALL_DF else t_quantile(0.975, df)
+        half = quantile * self.stddev / math.sqrt(self.traces)
+        return self.mean - half, self.mean + half
+
+
+# Exact 97.5% quantiles of Student's t where t_quantile's expansion is too coarse (df < 5).
+T_975_SMALL_DF = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764}
+
 
 Decision = Literal["wait", "promote", "discard", "rollback", "keep"]
 

@@ -20,12 +20,13 @@ import orjson
 import psycopg
 import structlog
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from grpod.daemon import access, library_admin, resources, token_store
 from grpod.daemon.access import Scope, Token
+from grpod.daemon.api import dashboard
 from grpod.daemon.metrics import DatabaseCollector
 from grpod.daemon.status import queue_depths
 from grpod.schema.errors import NotFoundError, OperatorError
@@ -96,6 +97,12 @@ def create_app() -> FastAPI:
     @app.exception_handler(HTTPException)
     async def problem(_: Request, error: HTTPException) -> JSONResponse:
         return JSONResponse({"error": error.detail}, status_code=error.status_code, headers=error.headers)
+
+    dashboard.install(app)
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/ui", status_code=307)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, bool]:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from grpod.daemon.cli.app import JsonOption, app, command_settings, migrated_database, print_json
@@ -77,6 +78,7 @@ app.add_typer(rejected_app, name="rejected")
 def rejected_list(
     ctx: typer.Context,
     reason: Annotated[str | None, typer.Option(help="Only this reason (e.g. schema_violation).")] = None,
+    domain: Annotated[str | None, typer.Option(help="Only the events that named this domain.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 50,
     as_json: JsonOption = False,
 ) -> None:
@@ -88,18 +90,19 @@ def rejected_list(
 
     settings = command_settings()
     with connect(migrated_database(settings), connect_timeout=settings.database_connect_timeout) as conn:
-        rows = list_rejected(conn, reason, limit)
+        rows = list_rejected(conn, reason, limit, [domain] if domain is not None else None)
     if as_json:
         print_json(rows)
         return
-    table = Table("id", "received", "reason", "detail", "trace", "replayed", title="rejected events")
+    table = Table("id", "received", "domain", "reason", "detail", "trace", "replayed", title="rejected events")
     for row in rows:
         table.add_row(
             str(row["id"]),
             row["received_at"][:19],
+            row["domain"] or "",
             row["reason"],
-            row["detail"][:80],
-            row["trace_id"] or "",
+            escape(row["detail"][:80]),  # the event's own text: markup in it is shown, not obeyed
+            escape(row["trace_id"] or ""),
             row["replay_outcome"] or "",
         )
     Console().print(table)

@@ -8,6 +8,7 @@ one sentence of detail, so the caller can store it and move on.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -117,6 +118,7 @@ class Rejection:
     reason: RejectReason
     detail: str
     trace_id: str | None = None
+    domain: str | None = None  # the domain the event named, where it named a valid one
 
 
 Parsed = Accepted | Rejection
@@ -161,6 +163,14 @@ def _has_nul(value: Any) -> bool:
 
 
 def validate_event(document: dict[str, Any], limits: Limits) -> Parsed:
+    parsed = _validate(document, limits)
+    domain = document.get("domain")
+    if isinstance(parsed, Rejection) and isinstance(domain, str) and DOMAIN_PATTERN.match(domain):
+        return dataclasses.replace(parsed, domain=domain)
+    return parsed
+
+
+def _validate(document: dict[str, Any], limits: Limits) -> Parsed:
     trace_id = document.get("trace_id") if isinstance(document.get("trace_id"), str) else None
     kind = document.get("type")
     if kind not in ("trace", "reward"):

@@ -52,9 +52,14 @@ JOIN unnest(%(trace_ids)s::text[], %(sources)s::text[]) AS k(trace_id, source)
 
 -- name: insert_rejected
 -- Keep rejected events with their reason and (bounded) payload.
-INSERT INTO rejected_events (reason, detail, origin, trace_id, payload, payload_size, payload_truncated)
-SELECT * FROM unnest(%(reasons)s::text[], %(details)s::text[], %(origins)s::text[], %(trace_ids)s::text[],
-                     %(payloads)s::bytea[], %(payload_sizes)s::integer[], %(truncated)s::boolean[])
+-- A reward's domain is its stored trace's, where the event itself named none.
+INSERT INTO rejected_events (reason, detail, origin, trace_id, payload, payload_size, payload_truncated, domain)
+SELECT r.reason, r.detail, r.origin, r.trace_id, r.payload, r.payload_size, r.truncated,
+       coalesce(r.domain, (SELECT t.domain FROM traces t WHERE t.trace_id = r.trace_id))
+FROM unnest(%(reasons)s::text[], %(details)s::text[], %(origins)s::text[], %(trace_ids)s::text[],
+            %(payloads)s::bytea[], %(payload_sizes)s::integer[], %(truncated)s::boolean[], %(domains)s::text[])
+     WITH ORDINALITY AS r (reason, detail, origin, trace_id, payload, payload_size, truncated, domain, n)
+ORDER BY r.n
 RETURNING id;
 
 -- name: expire_orphan_rewards

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -22,71 +19,19 @@ from grpod.workers.operations import Operation
 
 from ..factories import reward, trace
 from ..integration.stored import ingest, publish
-from .helpers import GRPOD, grpod_env, run_grpod
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class Api:
-    def __init__(self, url: str, env: dict[str, str], process: subprocess.Popen[bytes]) -> None:
-        self.url, self.env, self.process = url, env, process
-
-    def call(
-        self, method: str, path: str, token: str | None = None, body: Any = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, str], Any]:
-        data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers=dict(headers or {}))
-        if token is not None:
-            request.add_header("Authorization", f"Bearer {token}")
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as answer:
-                raw = answer.read()
-                return answer.status, dict(answer.headers), json.loads(raw) if raw else None
-        except urllib.error.HTTPError as error:
-            raw = error.read()
-            return error.code, dict(error.headers), json.loads(raw) if raw else None
-
-    def token(self, name: str, *args: str) -> str:
-        made = run_grpod(["token", "create", name, *args, "--json"], self.env)
-        assert made.returncode == 0, made.stderr
-        created = json.loads(made.stdout)
-        assert created["name"] == name and created["token"].startswith("grpod_")
-        return str(created["token"])
+from .api_process import Api, api_env, serve_api
+from .helpers import run_grpod
 
 
 @pytest.fixture
 def api(tmp_path: Path, database_url: str) -> Iterator[Api]:
-    port = _free_port()
-    env = grpod_env(tmp_path / "home", database_url=database_url, api_port=str(port))
-    assert run_grpod(["migrate"], env).returncode == 0
+    env = api_env(tmp_path, database_url)
     with psycopg.connect(database_url, autocommit=True) as conn:
         ingest(conn, trace("t1"), trace("c1", domain="coding"))
         publish(conn, "support", [Operation("ADD", "When asked about keys, check the docs.")])
         publish(conn, "support", [Operation("ADD", "When unsure, ask one question.")])
-    log = (tmp_path / "api.log").open("wb")
-    process = subprocess.Popen([*GRPOD, "api"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2):
-                break
-        except OSError:
-            assert process.poll() is None, (tmp_path / "api.log").read_text()
-            assert time.monotonic() < deadline, "grpod api did not answer within 60 s"
-            time.sleep(0.2)
-    try:
-        yield Api(url, env, process)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
+    with serve_api(env, tmp_path / "api.log") as served:
+        yield served
 
 
 def _spooled(spool: Path) -> int:

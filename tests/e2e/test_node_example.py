@@ -11,8 +11,9 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+from ..ports import free_port
 from .helpers import GRPOD, grpod_env, run_grpod, wait_for_domains
-from .test_up import _answers, _free_port
+from .test_up import _answers
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node" / "grpod_example.mjs"
 
@@ -20,7 +21,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node" / "grpod_exa
 def test_the_node_example_publishes_and_reads_through_grpod_up(tmp_path: Path) -> None:
     node = shutil.which("node")
     assert node is not None, "Node.js is needed for the example (CI installs it)"
-    port = _free_port()
+    port = free_port()
     env = grpod_env(tmp_path / "home", heartbeat_seconds="1", worker_concurrency="1", api_port=str(port))
     up = subprocess.Popen([*GRPOD, "up"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

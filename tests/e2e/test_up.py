@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ..ports import free_port
 from .helpers import GRPOD, grpod_env, json_lines, run_grpod, wait_for_domains
 
 
@@ -34,12 +34,6 @@ def _wait_for_processes(env: dict[str, str], roles: set[str], timeout: float) ->
     raise AssertionError(f"no heartbeat from {roles} within {timeout}s; last status: {report}")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _answers(url: str, timeout: float) -> object:
     deadline = time.monotonic() + timeout
     while True:
@@ -54,7 +48,7 @@ def _answers(url: str, timeout: float) -> object:
 
 def test_up_runs_worker_and_beat_refuses_a_second_copy_and_stops_cleanly(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    port = _free_port()
+    port = free_port()
     env = grpod_env(home, heartbeat_seconds="1", worker_concurrency="1", shutdown_timeout="20", api_port=str(port))
     log_path = tmp_path / "up.log"
     with log_path.open("w") as log:

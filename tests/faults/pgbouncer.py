@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from ..ports import free_port
 from .tcp_postgres import SYSTEM_USER
 
 PoolMode = Literal["session", "transaction", "statement"]
@@ -28,19 +29,13 @@ def pgbouncer_binary() -> Path | None:
     return DEBIAN_BINARY if DEBIAN_BINARY.exists() else None
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class PgBouncer:
     """One PgBouncer with one pool for ``database`` on the PostgreSQL at 127.0.0.1:``server_port``."""
 
     def __init__(self, binary: Path, server_port: int, database: str, pool_mode: PoolMode) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="grpod-pgbouncer-"))
         self.root.chmod(0o755)
-        self.port = _free_port()
+        self.port = free_port()
         self.database = database
         ini = self.root / "pgbouncer.ini"
         # auth_type=any: no client authentication, every client logs in as the pool's user=postgres

@@ -4,7 +4,6 @@ loopback port: the real HTTP peer the OpenAI adapters are tested against."""
 from __future__ import annotations
 
 import importlib.util
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..conftest import unavailable
+from ..ports import free_port
 
 SERVED_MODEL = "smollm2"
 
@@ -23,13 +23,6 @@ SERVED_MODEL = "smollm2"
 @dataclass(frozen=True)
 class Server:
     url: str  # the root, e.g. http://127.0.0.1:40123 (the API is under /v1)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 @contextmanager

@@ -31,7 +31,8 @@ from grpod.daemon import ports
 from grpod.daemon.ports import process_embedder
 from grpod.workers.embeddings import EmbeddingError, LocalEmbedder, OpenAIEmbedder, Vectors
 
-from .llama_server import SERVED_MODEL, Server, free_port
+from ..ports import free_port
+from .llama_server import SERVED_MODEL, Server
 from .llama_server import llama_server as start_llama_server
 
 PARAPHRASES = Path(__file__).parent.parent / "data" / "paraphrases.jsonl"

@@ -200,3 +200,19 @@ def test_a_re_sent_event_serialised_differently_is_a_duplicate_not_a_conflict(co
     reordered = [json.dumps(dict(reversed(list(e.items()))), indent=1).encode() for e in (event, prize)]
     outcome = store(conn, *reordered)
     assert (outcome.accepted, outcome.duplicates, dict(outcome.rejected)) == (0, 2, {})
+
+
+def test_a_rejected_event_keeps_its_domain_and_can_be_listed_by_it(conn: psycopg.Connection[Any]) -> None:
+    store(conn, raw(trace("t-1")), raw(trace("c-1", domain="coding")))
+    outcome = store(
+        conn,
+        raw(trace("t-2", query=7)),  # names support
+        raw(reward("c-1", "high")),  # a reward of a stored coding trace: coding
+        raw(reward("t-none", "high")),  # its trace never came: no domain
+        b"{not json",
+    )
+    assert sum(outcome.rejected.values()) == 4
+    listed = list_rejected(conn, reason=None, limit=10)
+    assert [row["domain"] for row in listed] == [None, None, "coding", "support"]
+    assert [row["trace_id"] for row in list_rejected(conn, None, 10, ["support", "coding"])] == ["c-1", "t-2"]
+    assert list_rejected(conn, None, 10, []) == []

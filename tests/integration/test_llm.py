@@ -26,7 +26,8 @@ import pytest
 
 from grpod.workers.llm import LLMError, LocalLLM, OpenAILLM, validate
 
-from .llama_server import SERVED_MODEL, Server, free_port
+from ..ports import free_port
+from .llama_server import SERVED_MODEL, Server
 from .llama_server import llama_server as start_llama_server
 
 SECRET = "sk-never-shown-0123456789"

@@ -124,6 +124,17 @@ def test_the_trace_id_is_kept_with_a_rejection_when_there_is_one() -> None:
     assert _rejected(b"not json").trace_id is None
 
 
+def test_a_rejection_keeps_the_domain_the_event_named_when_it_is_a_valid_one() -> None:
+    # The dashboard counts each domain's rejected events by it.
+    assert _rejected(raw(trace(query=1))).domain == "support"
+    assert _rejected(raw(trace(domain="BAD"))).domain is None
+    listed = trace(query=1)
+    listed["domain"] = ["support"]
+    assert _rejected(raw(listed)).domain is None
+    assert _rejected(raw(reward(value="high"))).domain is None  # a reward's comes from its trace, when stored
+    assert _rejected(b"not json").domain is None
+
+
 def test_the_detail_counts_further_problems() -> None:
     rejection = _rejected(raw(trace(query=1, answer=2, trajectory=3)))
     assert "(and 2 more problems)" in rejection.detail

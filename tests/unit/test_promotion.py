@@ -479,3 +479,15 @@ def test_constant_peeking_does_not_inflate_false_rollbacks() -> None:
         rolled_back += verdict.decision == "rollback"
     rate = rolled_back / streams
     assert rate <= ALPHA + _tolerance(ALPHA, streams), rate
+
+
+def test_the_interval_of_a_mean_is_students_t_and_none_under_two_traces() -> None:
+    assert Stats.of([]).interval() is None and Stats.of([0.5]).interval() is None
+    low, high = Stats.of([0.0, 1.0]).interval() or (0.0, 0.0)
+    # df = 1: t = 12.706, sd = 0.7071, n = 2: the half width is 6.353.
+    assert (round(low, 3), round(high, 3)) == (-5.853, 6.853)
+    values = [random.Random(7).gauss(0.6, 0.2) for _ in range(400)]
+    low, high = Stats.of(values).interval() or (0.0, 0.0)
+    half = 1.966 * statistics.stdev(values) / math.sqrt(400)  # t(0.975, 399)
+    assert math.isclose(high - low, 2 * half, rel_tol=1e-3)
+    assert math.isclose((low + high) / 2, statistics.fmean(values))

@@ -61,6 +61,9 @@ def test_up_runs_worker_and_beat_refuses_a_second_copy_and_stops_cleanly(tmp_pat
             assert report["broker_mode"] == "embedded"
             assert report["schema_version"] >= 2  # type: ignore[operator]
             assert _answers(f"http://127.0.0.1:{port}/readyz", timeout=60) == {"ok": True}  # the HTTP API too
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui", timeout=10) as page:  # and the dashboard
+                assert "/ui/login?next=%2Fui" in page.url  # sent to sign in
+                assert 'name="token"' in page.read().decode()
 
             second = run_grpod(["up"], env, timeout=60)
             assert second.returncode == 2

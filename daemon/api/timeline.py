@@ -11,6 +11,7 @@ WIDTH = 760
 HEIGHT = 240
 LEFT, RIGHT, TOP, BOTTOM = 56, 48, 16, 36  # room for the axes' labels
 TICKS = 5
+MAX_NAMED = 16  # version numbers under the axis; beyond, every k-th and the labelled ones
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Point:
     y: float | None
     low_y: float | None
     high_y: float | None
+    named: bool  # its version number is written under the axis (not every one fits)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ def timeline(history: Sequence[Mapping[str, Any]], width: int = WIDTH, height: i
     def y_of(value: float | None) -> float | None:
         return None if value is None else round(TOP + (high - value) / (high - low) * plot_h, 2)
 
+    every = max(1, -(-len(rows) // MAX_NAMED))
     points = []
     for i, (row, reward) in enumerate(zip(rows, rewards, strict=True)):
         interval = reward.get("interval")
@@ -77,6 +80,7 @@ def timeline(history: Sequence[Mapping[str, Any]], width: int = WIDTH, height: i
                 y=y_of(reward["mean"]),
                 low_y=y_of(lo),
                 high_y=y_of(hi),
+                named=bool(row.get("labels")) or i % every == 0 or i == len(rows) - 1,
             )
         )
     bands, run = [], []

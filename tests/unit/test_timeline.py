@@ -55,3 +55,11 @@ def test_a_single_version_or_equal_rewards_still_make_a_readable_chart() -> None
     assert only.y is not None and TOP < only.y < HEIGHT - BOTTOM  # the axis opens around a flat reward
     empty = timeline([])
     assert empty.points == () and empty.bands == () and empty.line == ""
+
+
+def test_a_long_history_names_some_versions_under_the_axis_and_every_labelled_one() -> None:
+    rows = [_row(v, 0.5, None, ("production",) if v == 37 else ()) for v in range(1, 101)]
+    named = [p.version for p in timeline(rows).points if p.named]
+    assert 37 in named and named[0] == 1 and named[-1] == 100
+    assert len(named) <= 18  # 16 evenly spaced, the labelled one and the newest
+    assert all(p.named for p in timeline(rows[:10]).points)

@@ -39,6 +39,43 @@ def llm_from_settings(settings: Settings) -> LLM:
     )
 
 
+def policy_from_settings(settings: Settings, concurrency: int) -> LLM:
+    """Paper mode's policy: GRPOD_POLICY_BASE_URL (else GRPOD_LLM_BASE_URL's endpoint), or the
+    bundled model (this process's, shared with the distiller) when neither is set."""
+    base_url = settings.policy_base_url or settings.llm_base_url
+    if base_url is None:
+        return process_llm()
+    model = settings.policy_model or (settings.llm_model if settings.policy_base_url is None else None)
+    if not model:
+        raise ConfigError(
+            f"GRPOD_POLICY_MODEL must name the policy's model at {redact(base_url)}; set it (for example "
+            "GRPOD_POLICY_MODEL=deepseek-chat)."
+        )
+    api_key = settings.policy_api_key or settings.llm_api_key
+    return llm.OpenAILLM(
+        base_url=base_url,
+        model=model,
+        api_key=api_key.get_secret_value() if api_key is not None else None,
+        timeout=settings.llm_timeout,
+        max_retries=settings.llm_max_retries,
+        concurrency=concurrency,
+    )
+
+
+def prices(settings: Settings) -> dict[str, float | None]:
+    """Per million tokens: the LLM's (the distiller) and the policy's (by default the LLM's)."""
+    return {
+        "llm_in": settings.llm_price_input,
+        "llm_out": settings.llm_price_output,
+        "policy_in": settings.policy_price_input
+        if settings.policy_price_input is not None
+        else settings.llm_price_input,
+        "policy_out": (
+            settings.policy_price_output if settings.policy_price_output is not None else settings.llm_price_output
+        ),
+    }
+
+
 def embedder_from_settings(settings: Settings) -> Embedder:
     """The embedder GRPOD_EMBEDDINGS names: the bundled model, or the API at that URL."""
     if settings.embeddings == embeddings.LOCAL:

@@ -32,7 +32,7 @@ CONFIG_ENV = "GRPOD_CONFIG"
 
 DATABASE_SCHEMES = ("postgresql", "postgres")
 BROKER_SCHEMES = ("amqp", "amqps", "pyamqp", "filesystem", "memory")
-URL_FIELDS = ("database_url", "broker_url", "llm_base_url", "embeddings")
+URL_FIELDS = ("database_url", "broker_url", "llm_base_url", "policy_base_url", "embeddings")
 
 
 class Settings(BaseSettings):
@@ -76,6 +76,28 @@ class Settings(BaseSettings):
         ge=1,
         le=256,
         description="CPU threads of the bundled model per process (default: the cores, shared by a worker).",
+    )
+    # Paper mode's policy (`grpod train`, `grpod eval`): the model that answers the questions.
+    policy_base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible endpoint of the policy that rolls out (default: GRPOD_LLM_BASE_URL's).",
+    )
+    policy_model: str | None = Field(
+        default=None, description="Model name at the policy endpoint (default: GRPOD_LLM_MODEL)."
+    )
+    policy_api_key: SecretStr | None = Field(
+        default=None, description="API key of the policy (default: GRPOD_LLM_API_KEY)."
+    )
+    # Prices, per million tokens, for the running cost `grpod train` shows (unset: no cost shown).
+    llm_price_input: float | None = Field(default=None, ge=0, description="Price of a million input tokens of the LLM.")
+    llm_price_output: float | None = Field(
+        default=None, ge=0, description="Price of a million output tokens of the LLM."
+    )
+    policy_price_input: float | None = Field(
+        default=None, ge=0, description="Price of a million input tokens of the policy (default: the LLM's)."
+    )
+    policy_price_output: float | None = Field(
+        default=None, ge=0, description="Price of a million output tokens of the policy (default: the LLM's)."
     )
     embeddings: str = Field(
         default="local",
@@ -239,7 +261,7 @@ class Settings(BaseSettings):
             return value
         raise ValueError("must be 'local' or an http(s) URL of an OpenAI-compatible embeddings API")
 
-    @field_validator("llm_base_url")
+    @field_validator("llm_base_url", "policy_base_url")
     @classmethod
     def _check_llm_url(cls, value: str | None) -> str | None:
         if value is None or value == "":

@@ -53,6 +53,7 @@ STEP_MARKERS = {
     "operations": "Decide how the new experiences change the library",
     "consolidation": "Merge them into one consistent set",
     "merge": "say nearly the same thing",
+    "rollout": "put your final answer within \\boxed{}",  # paper mode's policy (workers/prompts/rollout.md)
 }
 
 

@@ -143,7 +143,7 @@ RunStatus = Literal["distilled", "failed", "superseded", "busy", "finished_befor
 @dataclass(frozen=True)
 class DistillationRun:
     status: RunStatus
-    group_id: int
+    group_id: int | None  # None: a training question's rollouts
     domain: str | None = None
     id: int | None = None
     operations: list[Operation] = field(default_factory=list)
@@ -224,6 +224,28 @@ def distill_group(
             conn.execute(named["unmark_ready"], {"group_id": group_id})
         return DistillationRun("not_ready", group_id, domain, reason=verdict.reason)
     samples = pick_samples([sample for sample, _ in pairs], grouping.group_size)
+    return distill_samples(conn, llm, embedder, domain, learning, samples, group_id=group_id, on_ready=on_ready)
+
+
+def distill_samples(
+    conn: psycopg.Connection[Any],
+    llm: LLM,
+    embedder: Embedder,
+    domain: str,
+    learning: LearningSettings,
+    samples: Sequence[Sample],
+    *,
+    group_id: int | None,
+    on_ready: grouping_store.ReadyGroups | None = None,
+) -> DistillationRun:
+    """Distill these samples against the domain's current library: a ready group's (``group_id``),
+    or a training question's rollouts (``group_id`` None: ``grpod train``'s groups are its questions).
+
+    Idempotent by the input (the samples with their rewards, and the parent version), as
+    ``distill_group`` says; each trace is learned from once.
+    """
+    require_autocommit(conn)
+    named = queries()
     parent = library_store.load(conn, domain, library_store.current_version(conn, domain))
     key = input_key(domain, group_id, samples, parent.version)
     locked = conn.execute(named["lock_distillation"], {"input_key": key}).fetchone()
@@ -297,7 +319,8 @@ def distill_group(
                     },
                 )
                 conn.execute(named["use_traces"], {"distillation_id": distillation_id, "trace_ids": trace_ids})
-                conn.execute(named["unmark_ready"], {"group_id": group_id})
+                if group_id is not None:
+                    conn.execute(named["unmark_ready"], {"group_id": group_id})
         if used:
             bound.warning("distillation superseded; its result is not applied", why=why)
             return DistillationRun("superseded", group_id, domain, distillation_id, calls=ledger.calls, reason=why)
@@ -312,7 +335,8 @@ def distill_group(
         )
     finally:
         conn.execute(named["unlock_distillation"], {"input_key": key})
-    grouping_store.check_readiness(conn, [group_id], on_ready)  # unused traces may make it ready again
+    if group_id is not None:
+        grouping_store.check_readiness(conn, [group_id], on_ready)  # unused traces may make it ready again
     return DistillationRun(
         "distilled",
         group_id,

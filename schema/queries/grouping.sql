@@ -54,7 +54,7 @@ UPDATE groups SET centroid = %(centroid)s, size = %(size)s, updated_at = now() W
 
 -- name: still_ungrouped
 -- Which of these traces have no group yet.
-SELECT trace_id FROM traces WHERE trace_id = ANY(%(trace_ids)s::text[]) AND group_id IS NULL;
+SELECT trace_id FROM traces WHERE trace_id = ANY(%(trace_ids)s::text[]) AND group_id IS NULL AND training_run IS NULL;
 
 -- name: place_trace
 -- Record a trace's embedding and group, once (a redelivered task changes nothing).
@@ -64,14 +64,14 @@ WHERE trace_id = %(trace_id)s AND group_id IS NULL;
 -- name: ungrouped_traces
 -- Traces of a domain still waiting for a group, oldest first (optionally only these ids).
 SELECT trace_id, query FROM traces
-WHERE domain = %(domain)s AND group_id IS NULL AND grouping_error IS NULL
+WHERE domain = %(domain)s AND group_id IS NULL AND training_run IS NULL AND grouping_error IS NULL
   AND (%(trace_ids)s::text[] IS NULL OR trace_id = ANY(%(trace_ids)s::text[]))
 ORDER BY received_at
 LIMIT %(limit)s;
 
 -- name: domains_with_ungrouped_traces
 -- Domains that have traces waiting for a group (the beat sweep's work list).
-SELECT DISTINCT domain FROM traces WHERE group_id IS NULL AND grouping_error IS NULL;
+SELECT DISTINCT domain FROM traces WHERE group_id IS NULL AND training_run IS NULL AND grouping_error IS NULL;
 
 -- name: mark_grouping_error
 -- The embeddings API refused this trace's query: it stays stored, and waits for no group.

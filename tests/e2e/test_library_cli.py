@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from grpod.workers.operations import Operation
 
@@ -49,7 +51,11 @@ def test_operator_commands_show_history_diff_rollback_pin_freeze_promote(tmp_pat
     assert [row["version"] for row in history] == [2, 1]
     for row in history:
         assert {"version", "parent", "created_at", "created_by", "reason", "operations", "labels", "reward"} <= set(row)
-    assert history[1]["reward"] == {"traces": 3, "mean": 2 / 3, "stddev": history[1]["reward"]["stddev"]}
+    reward = history[1]["reward"]
+    assert (reward["traces"], reward["mean"]) == (3, 2 / 3)
+    # The 95% interval of the mean: Student's t with 2 degrees of freedom (4.3027).
+    half = 4.3027 * reward["stddev"] / math.sqrt(3)
+    assert reward["interval"] == pytest.approx([2 / 3 - half, 2 / 3 + half], abs=1e-4)
 
     changes = json.loads(ok(["library", "diff", "support", "1", "2", "--json"], env))
     assert [e["id"] for e in changes["added"]] == [2] and [e["id"] for e in changes["removed"]] == [1]

@@ -126,20 +126,26 @@ def scripted(questions: int, group_size: int, epochs: int, batch_size: int) -> d
         evaluation = _grpod(["eval", "--domain", "bench", "--dataset", str(dataset), "-k", "4", "--json"], env)
     rows = []
     for step in run["steps"]:
-        b, s = step["questions"], step["groups_with_signal"]
-        expected_distiller = s * group_size + s + (1 if s > 1 else 0)  # summaries, advantages, the window
+        b, s, by = step["questions"], step["groups_with_signal"], step["distiller_calls"]
+        policy, distiller = step["policy"], step["distiller"]
         rows.append(
             {
                 "step": step["step"],
                 "questions": b,
-                "policy_calls": step["policy"]["calls"],
+                "groups_with_signal": s,
+                "policy_calls": policy["calls"],
                 "policy_calls_formula": b * group_size,
-                "distiller_calls": step["distiller"]["calls"],
-                "distiller_calls_formula": expected_distiller,
-                "policy_tokens_in_per_call": step["policy"]["tokens_in"] / max(1, step["policy"]["calls"]),
-                "policy_tokens_out_per_call": step["policy"]["tokens_out"] / max(1, step["policy"]["calls"]),
-                "distiller_tokens_in_per_call": step["distiller"]["tokens_in"] / max(1, step["distiller"]["calls"]),
-                "distiller_tokens_out_per_call": step["distiller"]["tokens_out"] / max(1, step["distiller"]["calls"]),
+                "summary_calls": by.get("summary", 0),
+                "summary_calls_formula": s * group_size,
+                "advantage_calls": by.get("advantage", 0),
+                "advantage_calls_formula": s,
+                "operations_calls": by.get("operations", 0),  # o: groups with a near experience
+                "consolidation_calls": by.get("consolidation", 0),  # w: 1 when 2+ groups proposed changes
+                "distiller_calls": distiller["calls"],
+                "policy_tokens_in_per_call": policy["tokens_in"] / max(1, policy["calls"]),
+                "policy_tokens_out_per_call": policy["tokens_out"] / max(1, policy["calls"]),
+                "distiller_tokens_in_per_call": distiller["tokens_in"] / max(1, distiller["calls"]),
+                "distiller_tokens_out_per_call": distiller["tokens_out"] / max(1, distiller["calls"]),
                 "cost": step["cost"],
                 "version": step["version"],
             }
@@ -156,6 +162,17 @@ def scripted(questions: int, group_size: int, epochs: int, batch_size: int) -> d
         "eval_calls": sum(arm["llm_calls"] for arm in evaluation["arms"]),
         "prices": {"input": PRICE_IN, "output": PRICE_OUT},
     }
+
+
+# When the bundled model learns nothing, the eval path runs on this one-line library instead.
+HAND_WRITTEN = {
+    "format": "grpod-library",
+    "format_version": 1,
+    "domain": "hand-written",
+    "version": 1,
+    "models": ["none: written by hand"],
+    "experiences": [{"id": 1, "text": "Write only the final number, as \\boxed{N}, on the last line."}],
+}
 
 
 def _arithmetic(count: int, offset: int) -> list[dict[str, str]]:
@@ -200,12 +217,35 @@ def bundled(problems: int, eval_problems: int, group_size: int, max_tokens: int)
                 ],
                 env,
             )
-            evaluation = None
-            if run["library_version"]:  # else both arms would be the empty library
-                evaluation = _grpod(
-                    ["eval", "--domain", name, "--dataset", str(home / "eval.jsonl"), "-k", "2", *common, "--json"],
-                    env,
+            version, imported = run["library_version"], False
+            if not version:  # nothing learned: measure a one-line library of ours, to run the eval path
+                (home / "library.json").write_text(json.dumps(HAND_WRITTEN))
+                subprocess.run(
+                    [*GRPOD, "library", "import", name, str(home / "library.json"), "--reason", "plumbing check"],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
                 )
+                version, imported = 1, True
+            evaluation = _grpod(
+                [
+                    "eval",
+                    "--domain",
+                    name,
+                    "--dataset",
+                    str(home / "eval.jsonl"),
+                    "-k",
+                    "2",
+                    "--version",
+                    str(version),
+                    "--against",
+                    "none",
+                    *common,
+                    "--json",
+                ],
+                env,
+            )
         (step,) = run["steps"]
         found[name] = {
             "rollout_accuracy": step["accuracy"],
@@ -215,11 +255,12 @@ def bundled(problems: int, eval_problems: int, group_size: int, max_tokens: int)
             "policy_calls": step["policy"]["calls"],
             "distiller_calls": step["distiller"]["calls"],
             "train_seconds": round(run["_seconds"], 1),
-            "eval": None
-            if evaluation is None
-            else {
+            "eval": {
+                "library": "hand-written, imported" if imported else "learned",
                 "mean_at_2": {a["arm"]: a["mean_at_k"] for a in evaluation["arms"]},
+                "pass_at_2": {a["arm"]: a["pass_at_k"] for a in evaluation["arms"]},
                 "difference": evaluation["difference"],
+                "policy_calls": sum(a["llm_calls"] for a in evaluation["arms"]),
                 "seconds": round(evaluation["_seconds"], 1),
             },
         }
@@ -237,7 +278,7 @@ def main() -> None:
     parser.add_argument("--eval-problems", type=int, default=4, help="--bundled: AIME 2024 problems")
     parser.add_argument("--max-tokens", type=int, default=256, help="--bundled: tokens per rollout")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=200)
     RESULTS.mkdir(exist_ok=True)
     if args.bundled:
         result = bundled(args.problems, args.eval_problems, args.group_size, args.max_tokens)
@@ -248,20 +289,28 @@ def main() -> None:
     (RESULTS / "paper_mode.json").write_text(json.dumps(result, indent=2) + "\n")
     table = Table(
         "step",
-        "questions",
-        "policy calls (B·G)",
-        "distiller calls (s·G + s + w)",
+        "B, s",
+        "policy B·G",
+        "summaries s·G",
+        "advantages s",
+        "operations o",
+        "window w",
+        "distiller total",
         "policy tokens in/out per call",
         "distiller tokens in/out per call",
         "cost",
-        title="calls per step: formula and measured (scripted endpoints)",
+        title="calls per step: the formula's terms (in brackets) and the calls made (scripted endpoints)",
     )
     for row in result["steps"]:
         table.add_row(
             str(row["step"]),
-            str(row["questions"]),
-            f"{row['policy_calls']} (formula {row['policy_calls_formula']})",
-            f"{row['distiller_calls']} (formula {row['distiller_calls_formula']})",
+            f"{row['questions']}, {row['groups_with_signal']}",
+            f"{row['policy_calls']} ({row['policy_calls_formula']})",
+            f"{row['summary_calls']} ({row['summary_calls_formula']})",
+            f"{row['advantage_calls']} ({row['advantage_calls_formula']})",
+            str(row["operations_calls"]),
+            str(row["consolidation_calls"]),
+            str(row["distiller_calls"]),
             f"{row['policy_tokens_in_per_call']:.0f} / {row['policy_tokens_out_per_call']:.0f}",
             f"{row['distiller_tokens_in_per_call']:.0f} / {row['distiller_tokens_out_per_call']:.0f}",
             "-" if row["cost"] is None else f"${row['cost']:.5f}",

@@ -98,6 +98,11 @@ def domain_state(conn: psycopg.Connection[Any], domain: str) -> DomainState:
     return DomainState(DomainSettings.from_json(row[0] or {}), row[1], row[2])
 
 
+def ensure_domain(conn: psycopg.Connection[Any], domain: str) -> None:
+    """Make the domain (default settings) if it has none yet: for a cold start before any trace."""
+    conn.execute(load_queries("grpod.schema", "queries/ingest.sql")["ensure_domains"], {"names": [domain]})
+
+
 def claim_embedding_model(conn: psycopg.Connection[Any], domain: str, model: str, dimension: int) -> DomainState:
     """Record the domain's model on its first vectors; refuse another model afterwards."""
     conn.execute(_queries()["claim_embedding_model"], {"domain": domain, "model": model, "dimension": dimension})

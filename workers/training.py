@@ -14,7 +14,7 @@ import json
 import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from string import Template
 from typing import Any
@@ -175,17 +175,18 @@ class StepReport:
     policy: Usage
     distiller: Usage
     cost: float | None  # this step's, where prices are set
+    distiller_calls: Mapping[str, int] = field(default_factory=dict)  # by purpose: summary, advantage, ...
 
     @property
     def accuracy(self) -> float:
         return self.correct / self.rollouts if self.rollouts else 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"accuracy": self.accuracy}
+        return asdict(self) | {"accuracy": self.accuracy, "distiller_calls": dict(self.distiller_calls)}
 
     @classmethod
     def from_json(cls, row: Mapping[str, Any]) -> StepReport:
-        values = {key: row[key] for key in cls.__dataclass_fields__}
+        values = {key: row[key] for key in cls.__dataclass_fields__ if key in row}
         values["policy"], values["distiller"] = Usage(**row["policy"]), Usage(**row["distiller"])
         return cls(**values)
 

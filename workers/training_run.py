@@ -22,7 +22,7 @@ import psycopg
 
 from grpod.schema.errors import OperatorError
 from grpod.schema.events import Limits
-from grpod.workers import library_store, training_store
+from grpod.workers import grouping_store, library_store, training_store
 from grpod.workers.distillation import Sample
 from grpod.workers.distillation_store import distill_samples, domain_settings, require_autocommit
 from grpod.workers.embeddings import Embedder
@@ -107,7 +107,7 @@ def train(
     new_run: bool = False,
 ) -> TrainRun:
     require_autocommit(conn)
-    training_store.ensure_domain(conn, domain)
+    grouping_store.ensure_domain(conn, domain)
     if library_store.library_state(conn, domain).frozen:
         raise OperatorError(f"domain {domain!r} is frozen: it learns nothing until `grpod library unfreeze {domain}`.")
     key = run_key(domain, problems, settings.key(ports.policy.model))
@@ -317,4 +317,5 @@ def _report(
         policy=policy,
         distiller=distiller,
         cost=step_cost(policy, distiller, ports.prices),
+        distiller_calls=training_store.distiller_calls_by_purpose(conn, domain, distillation_ids, versions),
     )

@@ -24,10 +24,6 @@ def _queries() -> QueryFile:
     return load_queries(*QUERIES)
 
 
-def ensure_domain(conn: psycopg.Connection[Any], domain: str) -> None:
-    conn.execute(load_queries("grpod.schema", "queries/ingest.sql")["ensure_domains"], {"names": [domain]})
-
-
 def open_run(
     conn: psycopg.Connection[Any],
     domain: str,
@@ -136,6 +132,16 @@ def operations_in(conn: psycopg.Connection[Any], domain: str, versions: Sequence
     """How many operations these versions applied to their parents."""
     row = conn.execute(_queries()["operations_in"], {"domain": domain, "versions": list(versions)}).fetchone()
     return int(row[0]) if row else 0
+
+
+def distiller_calls_by_purpose(
+    conn: psycopg.Connection[Any], domain: str, distillation_ids: Sequence[int], versions: Sequence[int]
+) -> dict[str, int]:
+    rows = conn.execute(
+        _queries()["calls_by_purpose"],
+        {"distillation_ids": list(distillation_ids), "versions": list(versions), "domain": domain},
+    ).fetchall()
+    return {str(purpose): int(count) for purpose, count in rows}
 
 
 def save_evaluation(

@@ -186,6 +186,10 @@ def domain_set(
     group_merge_factor: Annotated[
         float | None, typer.Option(help="... if that group is within group_threshold times this.")
     ] = None,
+    create: Annotated[
+        bool,
+        typer.Option("--create", help="Make the domain if it has no trace yet (a cold start: `grpod train`)."),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Change a domain's grouping and learning settings (validated; the embedding model changes with `reembed`)."""
@@ -199,6 +203,13 @@ def domain_set(
 
     settings = command_settings()
     with connect(migrated_database(settings), connect_timeout=settings.database_connect_timeout) as conn:
+        if create:
+            from grpod.schema.events import DOMAIN_PATTERN
+            from grpod.workers.grouping_store import ensure_domain
+
+            if not DOMAIN_PATTERN.fullmatch(name):
+                raise OperatorError(f"domain {name!r} must match {DOMAIN_PATTERN.pattern} (lower case, digits, _ . -).")
+            ensure_domain(conn, name)
         current, learning, current_publishing = _domain_settings(conn, name)
         current_upkeep = UpkeepSettings.from_json(library_state(conn, name).settings)
         given = {

@@ -51,6 +51,15 @@ WHERE distillation_id = ANY(%(distillation_ids)s::bigint[])
 SELECT coalesce(sum(jsonb_array_length(operations)), 0) FROM library_versions
 WHERE domain = %(domain)s AND version = ANY(%(versions)s::integer[]);
 
+-- name: calls_by_purpose
+-- The same calls, counted by purpose.
+SELECT purpose, count(*)
+FROM llm_calls
+WHERE distillation_id = ANY(%(distillation_ids)s::bigint[])
+   OR id IN (SELECT unnest(llm_call_ids) FROM library_versions
+             WHERE domain = %(domain)s AND version = ANY(%(versions)s::integer[]))
+GROUP BY purpose ORDER BY purpose;
+
 -- name: save_evaluation
 INSERT INTO evaluations (domain, dataset, k, report) VALUES (%(domain)s, %(dataset)s, %(k)s, %(report)s)
 RETURNING id, created_at;

@@ -155,6 +155,9 @@ def test_the_library_learned_changes_and_is_measured_against_none_with_its_inter
             "GRPOD_LLM_PRICE_INPUT": "0.28",
             "GRPOD_LLM_PRICE_OUTPUT": "0.42",
         }
+        # A cold start: the domain is made with its objective before any trace.
+        made = run_grpod(["domain", "set", "math", "--create", "--agent-objective", "Solve arithmetic."], env)
+        assert made.returncode == 0, made.stderr
         args = [*TRAIN, "--dataset", str(dataset), "--epochs", "2"]
         result = run_grpod([*args, "--json"], env, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]

@@ -8,7 +8,11 @@ place that reads ``GRPOD_LLM_*`` and ``GRPOD_EMBEDDINGS*`` for them. A worker bu
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager
 from functools import cache
+from typing import Any
+
+import psycopg
 
 from grpod.daemon import resources
 from grpod.daemon.settings import Settings
@@ -17,6 +21,7 @@ from grpod.schema.urls import redact
 from grpod.workers import embeddings, llm
 from grpod.workers.embeddings import Embedder
 from grpod.workers.llm import LLM
+from grpod.workers.llm_budget import SharedBudget
 
 
 def llm_from_settings(settings: Settings) -> LLM:
@@ -36,6 +41,24 @@ def llm_from_settings(settings: Settings) -> LLM:
         api_key=api_key.get_secret_value() if api_key is not None else None,
         timeout=settings.llm_timeout,
         max_retries=settings.llm_max_retries,
+        concurrency=settings.llm_concurrency,
+        budget=_budget(settings, settings.llm_base_url, settings.llm_model),
+    )
+
+
+def _budget(settings: Settings, base_url: str, model: str) -> SharedBudget | None:
+    """GRPOD_LLM_MAX_RPM and _TPM, shared through the database by every worker that calls this endpoint."""
+    if settings.llm_max_rpm is None and settings.llm_max_tpm is None:
+        return None
+
+    def connect() -> AbstractContextManager[psycopg.Connection[Any]]:
+        return resources.pool().connection()
+
+    return SharedBudget(
+        connect,
+        f"{redact(base_url)} {model}",
+        max_requests=settings.llm_max_rpm,
+        max_tokens=settings.llm_max_tpm,
     )
 
 

@@ -55,7 +55,8 @@ def open_pool(url: str, current: Settings, *, max_size: int = POOL_SIZE) -> Conn
 
 @cache
 def pool() -> ConnectionPool:
-    connection_pool = open_pool(database_url(), settings())
+    current = settings()
+    connection_pool = open_pool(database_url(), current, max_size=current.database_pool_size or POOL_SIZE)
     atexit.register(connection_pool.close)
     return connection_pool
 

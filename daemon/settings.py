@@ -122,6 +122,24 @@ class Settings(BaseSettings):
         default="auto",
         description="'auto': pretty in a terminal, JSON lines otherwise.",
     )
+    llm_concurrency: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="LLM calls in flight per worker process; a threads worker runs this many tasks at once.",
+    )
+    llm_max_rpm: int | None = Field(
+        default=None, ge=1, description="Requests per minute to the LLM endpoint, shared by every worker."
+    )
+    llm_max_tpm: int | None = Field(
+        default=None, ge=1, description="Tokens per minute to the LLM endpoint, shared by every worker."
+    )
+    database_pool_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Database connections per process at most (default: 4; a threads worker: its threads + 2).",
+    )
     worker_concurrency: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         ge=1,

@@ -23,9 +23,10 @@ from grpod.workers.llm import Completion, parse_answer
 
 @dataclass(frozen=True)
 class Status:
-    """An HTTP error answer instead of a completion (a 500, a 429, ...)."""
+    """An HTTP error answer instead of a completion (a 500, a 429, ...), with a Retry-After if given."""
 
     code: int
+    retry_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,9 @@ class ScriptedEndpoint:
                     time.sleep(answer.seconds)
                     answer = answer.then
                 if isinstance(answer, Status):
-                    self.send(answer.code, {"error": {"message": f"scripted {answer.code}", "type": "scripted"}})
+                    headers = {} if answer.retry_after is None else {"Retry-After": f"{answer.retry_after:g}"}
+                    body = {"error": {"message": f"scripted {answer.code}", "type": "scripted"}}
+                    self.send(answer.code, body, headers=headers)
                 elif isinstance(answer, Raw):
                     self.send(answer.code, answer.body.encode(), content_type="text/html")
                 else:
@@ -197,7 +200,11 @@ class ScriptedEndpoint:
                     self.send(200, completion_body(request.get("model", "scripted"), messages, text))
 
             def send(
-                self, status: int, payload: dict[str, Any] | bytes, content_type: str = "application/json"
+                self,
+                status: int,
+                payload: dict[str, Any] | bytes,
+                content_type: str = "application/json",
+                headers: Mapping[str, str] | None = None,
             ) -> None:
                 with endpoint._lock:
                     endpoint.statuses[status] += 1
@@ -206,6 +213,8 @@ class ScriptedEndpoint:
                     self.send_response(status)
                     self.send_header("Content-Type", content_type)
                     self.send_header("Content-Length", str(len(data)))
+                    for name, value in (headers or {}).items():
+                        self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(data)
                 except OSError:  # the client timed out and hung up

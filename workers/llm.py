@@ -381,6 +381,15 @@ def process_slots(concurrency: int) -> threading.BoundedSemaphore:
     return threading.BoundedSemaphore(concurrency)
 
 
+class Budget(Protocol):
+    """A limit the calls to an endpoint share (``workers/llm_budget.py``): ``acquire`` waits until
+    a request of about ``tokens`` may go; ``settle`` says what it used."""
+
+    def acquire(self, tokens: int) -> Any: ...
+
+    def settle(self, reservation: Any, used: int) -> None: ...
+
+
 class OpenAILLM:
     """An OpenAI-compatible ``/v1/chat/completions`` endpoint (DeepSeek, OpenAI, vLLM, llama.cpp server, Ollama).
 
@@ -402,6 +411,7 @@ class OpenAILLM:
         timeout: float = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
         concurrency: int = DEFAULT_CONCURRENCY,
+        budget: Budget | None = None,
     ) -> None:
         from openai import OpenAI  # about half a second: only workers that ask an LLM pay for it
 
@@ -410,6 +420,7 @@ class OpenAILLM:
         self.timeout = timeout
         self.max_retries = max_retries
         self._slots = process_slots(concurrency)
+        self._budget = budget
         self._client: OpenAI = OpenAI(
             base_url=api_base(base_url),
             api_key=api_key or "unused",
@@ -440,6 +451,11 @@ class OpenAILLM:
         }
         if seed is not None:
             request["seed"] = seed
+        reservation = None
+        if self._budget is not None:  # waits, holding no slot, until the shared limit allows it
+            from grpod.workers.llm_budget import estimated_tokens
+
+            reservation = self._budget.acquire(estimated_tokens(messages, max_tokens))
         started = time.perf_counter()
         if schema is not None and self.json_schema_supported:
             constrained = {
@@ -461,6 +477,8 @@ class OpenAILLM:
         if response.choices:
             text = response.choices[0].message.content or ""
         usage = response.usage
+        if self._budget is not None:
+            self._budget.settle(reservation, (usage.prompt_tokens + usage.completion_tokens) if usage else 0)
         data, problem = parse_answer(text, schema)
         return Completion(
             text=text,

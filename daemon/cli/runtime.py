@@ -101,7 +101,12 @@ def worker(
         typer.Option(help="Comma-separated stages to consume (default: all of them)."),
     ] = None,
     concurrency: Annotated[
-        int | None, typer.Option(min=1, help="Worker processes (default: GRPOD_WORKER_CONCURRENCY).")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Worker processes (default: GRPOD_WORKER_CONCURRENCY); with --pool threads, threads "
+            "(default: GRPOD_LLM_CONCURRENCY).",
+        ),
     ] = None,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads or solo.")] = "prefork",
 ) -> None:
@@ -121,7 +126,14 @@ def worker(
         from grpod.daemon.ingest import IngestConsumerStep
 
         celery.steps["worker"].add(IngestConsumerStep)
-    processes = concurrency or settings.worker_concurrency
+    if pool == "threads":
+        # The LLM-bound stages (distill, library) wait on the endpoint: GRPOD_LLM_CONCURRENCY tasks at
+        # once in one process, each holding one pooled connection, plus two for its other work.
+        processes = concurrency or settings.llm_concurrency
+        os.environ.setdefault("GRPOD_DATABASE_POOL_SIZE", str(processes + 2))
+        resources.forget()  # the settings are read again, with the pool's size
+    else:
+        processes = concurrency or settings.worker_concurrency
     if settings.llm_threads is None and pool == "prefork":
         # Each process loads its own bundled model: share the cores between them, not each all of them.
         os.environ["GRPOD_LLM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))

@@ -234,3 +234,16 @@ def test_every_adapter_of_the_process_shares_one_concurrency_limit() -> None:
     assert one._slots is two._slots is process_slots(4)
     with pytest.raises(ValueError, match="at least 1"):
         process_slots(0)
+
+
+def test_the_settings_set_the_calls_in_flight_and_the_shared_budget() -> None:
+    from grpod.daemon.ports import llm_from_settings
+    from grpod.daemon.settings import Settings
+    from grpod.workers.llm_budget import SharedBudget
+
+    plain = llm_from_settings(Settings(llm_base_url="http://127.0.0.1:9/v1", llm_model="m", llm_concurrency=16))
+    assert isinstance(plain, OpenAILLM) and plain._slots is process_slots(16) and plain._budget is None
+    limited = llm_from_settings(Settings(llm_base_url="http://127.0.0.1:9/v1", llm_model="m", llm_max_rpm=500))
+    assert isinstance(limited, OpenAILLM) and isinstance(limited._budget, SharedBudget)
+    assert (limited._budget.max_requests, limited._budget.max_tokens) == (500, None)
+    assert limited._budget.endpoint == "http://127.0.0.1:9/v1 m"

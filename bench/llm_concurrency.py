@@ -1,0 +1,191 @@
+"""LLM-bound throughput: distillations per minute with 1, 2 and 4 worker processes, each a
+`grpod worker --queues distill --pool threads` keeping GRPOD_LLM_CONCURRENCY calls in flight,
+against the limit that the concurrency and the calls per distillation allow.
+
+A scripted OpenAI-compatible endpoint on loopback answers every call after a fixed latency (1 s)
+and reports the most calls it had in flight. Ready groups of G=5 rewarded traces are planted in an
+embedded PostgreSQL; their distill tasks go through the real RabbitMQ on 127.0.0.1:5672. Each
+distillation of a group with an empty library makes G summary calls (at once) and one group
+advantage call, so the limit is ``processes * concurrency * 60 / (latency * (G + 1))``
+distillations a minute. The rate is measured between the 10th and the 90th percentile of the
+distillations' finishing times, so start-up does not count.
+
+    .venv/bin/python bench/llm_concurrency.py
+    .venv/bin/python bench/llm_concurrency.py --processes 1 2 --groups-per-process 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from embedded_postgres import Postgres
+
+from grpod.daemon.celery_app import create_app
+from grpod.daemon.settings import Settings
+from tests.factories import reward, trace
+from tests.integration.stored import ingest
+from tests.scripted_llm import GOOD_SUMMARY, ScriptedEndpoint
+
+RESULTS = Path(__file__).parent / "results"
+BROKER = "amqp://guest:guest@127.0.0.1:5672//"
+GROUP_SIZE = 5
+DOMAINS = 8
+
+
+def _plant(url: str, groups: int) -> list[int]:
+    """Ready groups of G rewarded traces each, over a few domains (placed as grouping would)."""
+    rng = random.Random(7)
+    ids = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        for g in range(groups):
+            domain = f"bench{g % DOMAINS}"
+            events = []
+            for k in range(GROUP_SIZE):
+                trace_id = f"g{g}-t{k}"
+                events += [trace(trace_id, domain=domain, query=f"How do I do task {g}?"), reward(trace_id, k / 4)]
+            ingest(conn, *events)
+            centroid = "[" + ",".join(f"{rng.random():.4f}" for _ in range(384)) + "]"
+            row = conn.execute(
+                "INSERT INTO groups (domain, dimension, centroid, size, ready_at) VALUES (%s, 384, %s, %s, now()) "
+                "RETURNING id",
+                (domain, centroid, GROUP_SIZE),
+            ).fetchone()
+            assert row is not None
+            conn.execute("UPDATE traces SET group_id = %s WHERE trace_id LIKE %s", (row[0], f"g{g}-t%"))
+            ids.append(int(row[0]))
+    return ids
+
+
+def _advantage(messages: Any) -> str:
+    return json.dumps({"experiences": [f"When asked, check the docs first ({uuid.uuid4().hex[:8]})."]})
+
+
+def measure(postgres: Postgres, processes: int, concurrency: int, groups: int, latency: float) -> dict[str, Any]:
+    script = {"summary": GOOD_SUMMARY, "advantage": _advantage, "operations": '{"operations": []}'}
+    prefix = f"benchllm.{uuid.uuid4().hex[:8]}"
+    with postgres.fresh_database() as url, ScriptedEndpoint(script, latency=latency) as endpoint:  # type: ignore[arg-type]
+        group_ids = _plant(url, groups)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRPOD_")} | {
+            "GRPOD_DATABASE_URL": url,
+            "GRPOD_BROKER_URL": BROKER,
+            "GRPOD_QUEUE_PREFIX": prefix,
+            "GRPOD_LLM_BASE_URL": endpoint.url,
+            "GRPOD_LLM_MODEL": "scripted",
+            "GRPOD_LLM_CONCURRENCY": str(concurrency),
+            "GRPOD_LOG_LEVEL": "WARNING",
+            "GRPOD_LOG_FORMAT": "json",
+            "GRPOD_HOME": tempfile.mkdtemp(prefix="grpod-bench-"),
+        }
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "grpod.daemon", "worker", "--queues", "distill", "--pool", "threads"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for _ in range(processes)
+        ]
+        try:
+            celery = create_app(Settings(broker_url=BROKER, queue_prefix=prefix, database_url=url))
+            for group_id in group_ids:
+                celery.send_task("grpod.distill.group", kwargs={"group_id": group_id})
+            deadline = time.monotonic() + 900
+            with psycopg.connect(url, autocommit=True) as conn:
+                while True:
+                    row = conn.execute("SELECT count(*) FROM distillations WHERE status = 'distilled'").fetchone()
+                    if (row is not None and row[0] >= groups) or time.monotonic() > deadline:
+                        break
+                    time.sleep(1)
+                times = [
+                    float(r[0])
+                    for r in conn.execute(
+                        "SELECT extract(epoch FROM finished_at) FROM distillations WHERE status = 'distilled' "
+                        "ORDER BY finished_at"
+                    )
+                ]
+                calls = conn.execute("SELECT count(*) FROM llm_calls").fetchone()
+        finally:
+            for worker in workers:
+                worker.terminate()
+            for worker in workers:
+                worker.wait(timeout=60)
+    low, high = times[len(times) // 10], times[(len(times) * 9) // 10]
+    finished = (len(times) * 9) // 10 - len(times) // 10
+    rate = finished / (high - low) * 60 if high > low else 0.0
+    calls_per_distillation = (calls[0] if calls else 0) / max(1, len(times))
+    limit = processes * concurrency * 60 / (latency * calls_per_distillation) if calls_per_distillation else 0.0
+    return {
+        "processes": processes,
+        "concurrency": concurrency,
+        "groups": groups,
+        "distilled": len(times),
+        "calls_per_distillation": calls_per_distillation,
+        "per_minute": rate,
+        "limit_per_minute": limit,
+        "share_of_limit": rate / limit if limit else 0.0,
+        "max_in_flight": endpoint.max_in_flight,
+        "in_flight_limit": processes * concurrency,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--groups-per-process", type=int, default=120)
+    parser.add_argument("--latency", type=float, default=1.0)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        postgres = Postgres(Path(folder))
+        try:
+            for processes in args.processes:
+                rows.append(
+                    measure(postgres, processes, args.concurrency, processes * args.groups_per_process, args.latency)
+                )
+        finally:
+            postgres.close()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "llm_concurrency.json").write_text(json.dumps(rows, indent=2) + "\n")
+    table = Table(
+        "worker processes",
+        "GRPOD_LLM_CONCURRENCY",
+        "calls per distillation",
+        "distillations/min",
+        "limit/min",
+        "share of the limit",
+        "most calls in flight (limit)",
+        title=f"LLM-bound throughput, {args.latency:g} s per call",
+    )
+    for row in rows:
+        table.add_row(
+            str(row["processes"]),
+            str(row["concurrency"]),
+            f"{row['calls_per_distillation']:.2f}",
+            f"{row['per_minute']:.0f}",
+            f"{row['limit_per_minute']:.0f}",
+            f"{row['share_of_limit']:.0%}",
+            f"{row['max_in_flight']} ({row['in_flight_limit']})",
+        )
+    Console(width=160).print(table)
+
+
+if __name__ == "__main__":
+    main()

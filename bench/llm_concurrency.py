@@ -96,7 +96,7 @@ def measure(postgres: Postgres, processes: int, concurrency: int, groups: int, l
         workers = [
             subprocess.Popen(
                 [sys.executable, "-m", "grpod.daemon", "worker", "--queues", "distill", "--pool", "threads"],
-                env=env,
+                env=env | {"GRPOD_HOME": tempfile.mkdtemp(prefix="grpod-bench-")},  # a host each
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

@@ -47,6 +47,7 @@ RESULTS = Path(__file__).parent / "results"
 BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 GROUP_SIZE = 5
 DOMAINS = 8
+WARMUP_SECONDS = 12  # a worker's start (imports, the broker, the database) on this machine
 
 
 def _plant(url: str, groups: int) -> list[int]:
@@ -103,6 +104,9 @@ def measure(postgres: Postgres, processes: int, concurrency: int, groups: int, l
             for _ in range(processes)
         ]
         try:
+            # Every worker consuming before the first task is sent: else the first one up prefetches
+            # them all (Celery's prefetch) and the others have nothing to do.
+            time.sleep(WARMUP_SECONDS * processes)
             celery = create_app(Settings(broker_url=BROKER, queue_prefix=prefix, database_url=url))
             for group_id in group_ids:
                 celery.send_task("grpod.distill.group", kwargs={"group_id": group_id})

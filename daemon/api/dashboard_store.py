@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
 from grpod.schema.sql import QueryFile, load_queries
 
@@ -39,73 +40,28 @@ def unattributed_rejected(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
+def _rows(conn: psycopg.Connection[Any], name: str, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """A named query's rows as dictionaries, keyed by its columns."""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        return cursor.execute(_queries()[name], values).fetchall()
+
+
 def distillations(conn: psycopg.Connection[Any], domain: str, limit: int = 50) -> list[dict[str, Any]]:
     """The domain's newest distillations, each with its calls, tokens and notes."""
-    rows = conn.execute(_queries()["distillations"], {"domain": domain, "limit": limit}).fetchall()
-    keys = (
-        "id",
-        "group_id",
-        "status",
-        "attempts",
-        "error",
-        "parent_version",
-        "version",
-        "created_at",
-        "samples",
-        "operations",
-        "notes",
-        "calls",
-        "tokens_in",
-        "tokens_out",
-    )
-    return [dict(zip(keys, row, strict=True)) for row in rows]
+    return _rows(conn, "distillations", {"domain": domain, "limit": limit})
 
 
 def distillation(conn: psycopg.Connection[Any], domain: str, distillation_id: int) -> dict[str, Any] | None:
     """One distillation of ``domain``, whole, with its LLM calls; None if the domain has no such one."""
-    queries = _queries()
-    row = conn.execute(queries["distillation"], {"id": distillation_id, "domain": domain}).fetchone()
-    if row is None:
+    found = _rows(conn, "distillation", {"id": distillation_id, "domain": domain})
+    if not found:
         return None
-    keys = (
-        "id",
-        "group_id",
-        "status",
-        "attempts",
-        "error",
-        "parent_version",
-        "version",
-        "created_at",
-        "samples",
-        "summaries",
-        "new_experiences",
-        "operations",
-        "notes",
-    )
-    found = dict(zip(keys, row, strict=True))
-    calls = conn.execute(queries["distillation_calls"], {"id": distillation_id}).fetchall()
-    call_keys = ("id", "purpose", "model", "tokens_in", "tokens_out", "latency_seconds", "error", "created_at")
-    found["calls"] = [dict(zip(call_keys, call, strict=True)) for call in calls]
-    return found
+    return found[0] | {"calls": _rows(conn, "distillation_calls", {"id": distillation_id})}
 
 
 def trace(conn: psycopg.Connection[Any], trace_id: str) -> dict[str, Any] | None:
-    row = conn.execute(_queries()["trace"], {"trace_id": trace_id}).fetchone()
-    if row is None:
-        return None
-    keys = (
-        "trace_id",
-        "domain",
-        "query",
-        "trajectory",
-        "answer",
-        "library_version",
-        "group_id",
-        "created_at",
-        "received_at",
-        "rewards",
-    )
-    return dict(zip(keys, row, strict=True))
+    found = _rows(conn, "trace", {"trace_id": trace_id})
+    return found[0] if found else None
 
 
 def rejected_domain(conn: psycopg.Connection[Any], rejected_id: int) -> tuple[bool, str | None]:

@@ -26,9 +26,9 @@ SELECT count(*) FROM rejected_events WHERE domain IS NULL;
 -- name: distillations
 -- A domain's newest distillations, with the calls, tokens and notes of each.
 SELECT d.id, d.group_id, d.status, d.attempts, d.error, d.parent_version, d.version, d.created_at,
-       jsonb_array_length(d.samples), coalesce(jsonb_array_length(d.operations), 0),
-       coalesce(d.notes, '[]'::jsonb),
-       count(c.id), coalesce(sum(c.tokens_in), 0), coalesce(sum(c.tokens_out), 0)
+       jsonb_array_length(d.samples) AS samples, coalesce(jsonb_array_length(d.operations), 0) AS operations,
+       coalesce(d.notes, '[]'::jsonb) AS notes,
+       count(c.id) AS calls, coalesce(sum(c.tokens_in), 0) AS tokens_in, coalesce(sum(c.tokens_out), 0) AS tokens_out
 FROM distillations d LEFT JOIN llm_calls c ON c.distillation_id = d.id
 WHERE d.domain = %(domain)s
 GROUP BY d.id
@@ -53,7 +53,7 @@ SELECT t.trace_id, t.domain, t.query, t.trajectory, t.answer, t.library_version,
        coalesce((SELECT jsonb_agg(jsonb_build_object('source', r.source, 'value', r.value,
                                                      'critique', r.critique, 'ground_truth', r.ground_truth)
                                   ORDER BY r.source)
-                 FROM rewards r WHERE r.trace_id = t.trace_id), '[]'::jsonb)
+                 FROM rewards r WHERE r.trace_id = t.trace_id), '[]'::jsonb) AS rewards
 FROM traces t WHERE t.trace_id = %(trace_id)s;
 
 -- name: rejected_domain

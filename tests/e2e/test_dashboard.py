@@ -20,12 +20,11 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from grpod.schema.events import Rejection, RejectReason
-from grpod.workers import library_store
 from grpod.workers.ingest import Incoming, insert_rejections
 from grpod.workers.operations import Operation
 
 from ..factories import raw, reward, trace
-from ..integration.stored import ingest
+from ..integration.stored import ingest, publish
 from .api_process import Api, api_env, serve_api
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -33,20 +32,13 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 def _publish(conn: psycopg.Connection[Any], domain: str, texts: list[str], traces: list[str]) -> int:
     """A version whose new experiences name a distillation, a group and the traces behind them."""
-    with conn.transaction():
-        library_store.lock_updates_now(conn, domain)
-        parent = library_store.load(conn, domain, library_store.current_version(conn, domain))
-        version = library_store.publish(
-            conn,
-            parent,
-            [Operation("ADD", text, sources=(1,)) for text in texts],
-            [],
-            created_by="distillation",
-            reason=f"update window of 1 distillation(s): 1 ({len(texts)} added)",
-            provenance=lambda op: {"distillations": [1], "groups": [1], "traces": traces},
-        )
-        library_store.label_new_version(conn, domain, version, actor="distillation", reason="auto policy")
-    return version
+    return publish(
+        conn,
+        domain,
+        [Operation("ADD", text, sources=(1,)) for text in texts],
+        f"update window of 1 distillation(s): 1 ({len(texts)} added)",
+        provenance=lambda op: {"distillations": [1], "groups": [1], "traces": traces},
+    )
 
 
 def _plant(database_url: str) -> None:

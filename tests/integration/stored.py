@@ -10,6 +10,7 @@ import psycopg
 from grpod.schema.events import Limits
 from grpod.workers import library_store
 from grpod.workers.ingest import Incoming, store_isolating_failures
+from grpod.workers.library import Provenance
 from grpod.workers.operations import Operation
 
 from ..factories import raw
@@ -21,7 +22,13 @@ def ingest(conn: psycopg.Connection[Any], *events: dict[str, Any]) -> None:
     assert not outcome.rejected, outcome.rejected
 
 
-def publish(conn: psycopg.Connection[Any], domain: str, operations: Sequence[Operation], reason: str = "test") -> int:
+def publish(
+    conn: psycopg.Connection[Any],
+    domain: str,
+    operations: Sequence[Operation],
+    reason: str = "test",
+    provenance: Provenance | None = None,
+) -> int:
     """A version as the domain update makes one: appended, then labelled by the publish policy."""
     with conn.transaction():
         library_store.lock_updates_now(conn, domain)
@@ -33,7 +40,7 @@ def publish(conn: psycopg.Connection[Any], domain: str, operations: Sequence[Ope
             [],
             created_by="distillation",
             reason=reason,
-            provenance=lambda op: {"distillations": list(op.sources)},
+            provenance=provenance or (lambda op: {"distillations": list(op.sources)}),
         )
         library_store.label_new_version(conn, domain, version, actor="distillation", reason=reason)
     return version

@@ -7,8 +7,8 @@ and reports the most calls it had in flight. Ready groups of G=5 rewarded traces
 embedded PostgreSQL; their distill tasks go through the real RabbitMQ on 127.0.0.1:5672. Each
 distillation of a group with an empty library makes G summary calls (at once) and one group
 advantage call, so the limit is ``processes * concurrency * 60 / (latency * (G + 1))``
-distillations a minute. The rate is measured between the 10th and the 90th percentile of the
-distillations' finishing times, so start-up does not count.
+distillations a minute. The rate counts every distillation, from the first one's start to the last
+one's end, so the ramp-up and the tail count against it.
 
     .venv/bin/python bench/llm_concurrency.py
     .venv/bin/python bench/llm_concurrency.py --processes 1 2 --groups-per-process 60
@@ -35,9 +35,10 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from celery import Celery
 from embedded_postgres import Postgres
 
-from grpod.daemon.celery_app import create_app
+from grpod.daemon.celery_app import create_app, declare_queues
 from grpod.daemon.settings import Settings
 from tests.factories import reward, trace
 from tests.integration.stored import ingest
@@ -47,7 +48,7 @@ RESULTS = Path(__file__).parent / "results"
 BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 GROUP_SIZE = 5
 DOMAINS = 8
-WARMUP_SECONDS = 12  # a worker's start (imports, the broker, the database) on this machine
+LOGS = Path(tempfile.gettempdir()) / "bench-llm-worker"
 
 
 def _plant(url: str, groups: int) -> list[int]:
@@ -78,6 +79,19 @@ def _advantage(messages: Any) -> str:
     return json.dumps({"experiences": [f"When asked, check the docs first ({uuid.uuid4().hex[:8]})."]})
 
 
+def _await_consumers(celery: Celery, consumers: int) -> None:
+    """Wait until the distill queue has this many consumers (each worker's start takes seconds)."""
+    distill = next(queue for queue in celery.conf.task_queues if queue.name.endswith(".distill"))
+    deadline = time.monotonic() + 120
+    with celery.connection_for_write() as connection:
+        while time.monotonic() < deadline:
+            declared = distill(connection.default_channel).queue_declare(passive=True)
+            if declared.consumer_count >= consumers:
+                return
+            time.sleep(0.5)
+    raise SystemExit(f"only {declared.consumer_count} of {consumers} workers consume; see {LOGS}-*.log")
+
+
 def measure(postgres: Postgres, processes: int, concurrency: int, groups: int, latency: float) -> dict[str, Any]:
     script = {"summary": GOOD_SUMMARY, "advantage": _advantage, "operations": '{"operations": []}'}
     prefix = f"benchllm.{uuid.uuid4().hex[:8]}"
@@ -94,20 +108,22 @@ def measure(postgres: Postgres, processes: int, concurrency: int, groups: int, l
             "GRPOD_LOG_FORMAT": "json",
             "GRPOD_HOME": tempfile.mkdtemp(prefix="grpod-bench-"),
         }
+        settings = Settings(broker_url=BROKER, queue_prefix=prefix, database_url=url)
+        celery = create_app(settings)
+        declare_queues(celery, settings)
         workers = [
             subprocess.Popen(
                 [sys.executable, "-m", "grpod.daemon", "worker", "--queues", "distill", "--pool", "threads"],
                 env=env | {"GRPOD_HOME": tempfile.mkdtemp(prefix="grpod-bench-")},  # a host each
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=open(f"{LOGS}-{n}.log", "w"),  # noqa: SIM115 (closed with the process)
             )
-            for _ in range(processes)
+            for n in range(processes)
         ]
         try:
-            # Every worker consuming before the first task is sent: else the first one up prefetches
-            # them all (Celery's prefetch) and the others have nothing to do.
-            time.sleep(WARMUP_SECONDS * processes)
-            celery = create_app(Settings(broker_url=BROKER, queue_prefix=prefix, database_url=url))
+            # Every worker consuming before the first task is sent: else the first one up takes a
+            # prefetch's worth and the others start behind.
+            _await_consumers(celery, processes)
             for group_id in group_ids:
                 celery.send_task("grpod.distill.group", kwargs={"group_id": group_id})
             deadline = time.monotonic() + 900
@@ -117,29 +133,28 @@ def measure(postgres: Postgres, processes: int, concurrency: int, groups: int, l
                     if (row is not None and row[0] >= groups) or time.monotonic() > deadline:
                         break
                     time.sleep(1)
-                times = [
-                    float(r[0])
-                    for r in conn.execute(
-                        "SELECT extract(epoch FROM finished_at) FROM distillations WHERE status = 'distilled' "
-                        "ORDER BY finished_at"
-                    )
-                ]
+                # Every distillation, from the first one's start to the last one's end: the ramp-up
+                # and the tail count against the rate.
+                span = conn.execute(
+                    "SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at)) FROM distillations "
+                    "WHERE status = 'distilled'"
+                ).fetchone()
                 calls = conn.execute("SELECT count(*) FROM llm_calls").fetchone()
         finally:
             for worker in workers:
                 worker.terminate()
             for worker in workers:
                 worker.wait(timeout=60)
-    low, high = times[len(times) // 10], times[(len(times) * 9) // 10]
-    finished = (len(times) * 9) // 10 - len(times) // 10
-    rate = finished / (high - low) * 60 if high > low else 0.0
-    calls_per_distillation = (calls[0] if calls else 0) / max(1, len(times))
+    assert span is not None
+    distilled, seconds = int(span[0]), float(span[1] or 0)
+    rate = distilled / seconds * 60 if seconds else 0.0
+    calls_per_distillation = (calls[0] if calls else 0) / max(1, distilled)
     limit = processes * concurrency * 60 / (latency * calls_per_distillation) if calls_per_distillation else 0.0
     return {
         "processes": processes,
         "concurrency": concurrency,
         "groups": groups,
-        "distilled": len(times),
+        "distilled": distilled,
         "calls_per_distillation": calls_per_distillation,
         "per_minute": rate,
         "limit_per_minute": limit,

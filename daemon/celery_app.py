@@ -188,16 +188,22 @@ def create_app(settings: Settings, broker_url: str | None = None) -> Celery:
     return app
 
 
-def declare_dead_letter_queue(app: Celery, settings: Settings) -> None:
-    """Declare the dead-letter exchange and queue on RabbitMQ (no other broker has them).
+def declare_queues(app: Celery, settings: Settings) -> None:
+    """Declare every stage queue, and the dead-letter exchange and queue, on RabbitMQ.
 
-    They are not in ``task_queues``: no worker consumes dead tasks; an
-    operator inspects them.
+    All the stages, not only those a worker consumes: a task sent to a stage whose workers have
+    not started yet is kept, and each worker's start binds every stage queue for Celery's delayed
+    delivery (a retry's countdown), which fails on a queue not declared yet. The dead-letter queue
+    is not in ``task_queues``: no worker consumes dead tasks; an operator inspects them. Other
+    brokers have neither quorum queues nor dead-lettering, and declare on use.
     """
     if not is_rabbitmq(app.conf.broker_url):
         return
     with app.connection_for_write() as connection:
-        dead_letter_queue(settings.queue_prefix)(connection.default_channel).declare()
+        channel = connection.default_channel
+        for queue in app.conf.task_queues:
+            queue(channel).declare()
+        dead_letter_queue(settings.queue_prefix)(channel).declare()
 
 
 def _connect_signals(settings: Settings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import Annotated
 
 import typer
@@ -28,7 +29,7 @@ def _declare_broker(settings: Settings) -> str | None:
     from kombu.connection import Connection
     from kombu.exceptions import OperationalError
 
-    from grpod.daemon.celery_app import create_app, declare_dead_letter_queue
+    from grpod.daemon.celery_app import create_app, declare_queues
     from grpod.schema.topology import declare_event_queues
     from grpod.schema.urls import redact
 
@@ -36,7 +37,7 @@ def _declare_broker(settings: Settings) -> str | None:
         with Connection(url, connect_timeout=settings.publish_timeout) as connection:
             connection.ensure_connection(max_retries=2, timeout=settings.publish_timeout)
             declare_event_queues(connection.channel(), settings.queue_prefix, url, settings.delivery_limit)
-        declare_dead_letter_queue(create_app(settings), settings)
+        declare_queues(create_app(settings), settings)
     except (OSError, OperationalError) as error:
         raise ConfigError(
             f"GRPOD_BROKER_URL={redact(url)} cannot be reached ({error}); check the URL and that RabbitMQ runs."
@@ -109,9 +110,13 @@ def worker(
         ),
     ] = None,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads or solo.")] = "prefork",
+    name: Annotated[
+        str | None,
+        typer.Option(help="This worker's node name, unique per broker (default: grpod-<pid>@<host>)."),
+    ] = None,
 ) -> None:
     """Run one worker against the configured broker and database."""
-    from grpod.daemon.celery_app import STAGES, create_app, declare_dead_letter_queue
+    from grpod.daemon.celery_app import STAGES, create_app, declare_queues
     from grpod.schema.topology import queue_name
 
     settings = command_settings()
@@ -121,7 +126,7 @@ def worker(
         raise OperatorError(f"unknown stage {unknown[0]!r}; the stages are {', '.join(STAGES)}.")
     migrated_database(settings)  # fail fast, with a clear sentence, on a bad or unmigrated database
     celery = create_app(settings)
-    declare_dead_letter_queue(celery, settings)
+    declare_queues(celery, settings)
     if "ingest" in stages:
         from grpod.daemon.ingest import IngestConsumerStep
 
@@ -149,6 +154,9 @@ def worker(
             f"--queues={','.join(queue_name(settings.queue_prefix, stage) for stage in stages)}",
             f"--concurrency={processes}",
             f"--pool={pool}",
+            # A name of its own: two workers named alike (Celery's default, celery@<host>) clash on
+            # their exclusive remote-control queue, and the second one dies at its start.
+            f"--hostname={name or f'grpod-{os.getpid()}@{socket.gethostname()}'}",
             "--without-mingle",
             "--without-gossip",
         ]

@@ -16,7 +16,7 @@ from kombu.connection import Connection
 from kombu.entity import Queue
 
 from grpod.daemon import resources
-from grpod.daemon.celery_app import STAGES, create_app, declare_dead_letter_queue
+from grpod.daemon.celery_app import STAGES, create_app, declare_queues
 from grpod.daemon.settings import Settings
 from grpod.schema.topology import dead_letter_queue
 
@@ -57,7 +57,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory, rabbitmq_url: str) -> Ite
 @pytest.fixture(scope="module")
 def app(settings: Settings) -> Celery:
     app = create_app(settings)
-    declare_dead_letter_queue(app, settings)
+    declare_queues(app, settings)
     return app
 
 
@@ -68,14 +68,7 @@ def worker(app: Celery) -> Iterator[None]:
         yield
 
 
-def _declare(app: Celery) -> None:
-    with app.connection_for_write() as connection:
-        for queue in app.conf.task_queues:
-            queue(connection.default_channel).declare()
-
-
 def test_stage_queues_are_quorum_queues_on_rabbitmq(app: Celery, settings: Settings) -> None:
-    _declare(app)
     with Connection(settings.broker_url) as connection:
         for queue in app.conf.task_queues:
             # The same queue declared as a classic one must clash with the quorum queue.
@@ -92,7 +85,6 @@ def test_stage_queues_are_quorum_queues_on_rabbitmq(app: Celery, settings: Setti
 
 
 def test_a_message_rejected_delivery_limit_times_is_dead_lettered(app: Celery, settings: Settings) -> None:
-    _declare(app)
     ingest = next(q for q in app.conf.task_queues if q.name.endswith(".ingest"))
     with Connection(settings.broker_url) as connection:
         channel = connection.channel()

@@ -143,12 +143,17 @@ def completion_body(model: str, messages: Sequence[Mapping[str, str]], text: str
 class ScriptedEndpoint:
     """A ``Script`` behind a real OpenAI-compatible ``/v1/chat/completions`` on a loopback port.
 
-    ``latency`` is added to every answer. It counts the requests of each step and the most it had
-    in flight at once; ``arrived(step)`` is set when a request for that step comes in.
+    ``latency`` is added to every answer. It counts the requests of each step, the requests from
+    each client address (and those in flight), and the most it had in flight at once; ``arrived(step)`` is set when a
+    request for that step comes in. ``host``: the address it listens on.
     """
 
-    def __init__(self, script: Mapping[str, Scripted | list[Scripted]], *, latency: float = 0.0) -> None:
+    def __init__(
+        self, script: Mapping[str, Scripted | list[Scripted]], *, latency: float = 0.0, host: str = "127.0.0.1"
+    ) -> None:
         self.script = Script(script)
+        self.clients: Counter[str] = Counter()
+        self.in_flight_from: Counter[str] = Counter()
         self.latency = latency
         self.in_flight = 0
         self.max_in_flight = 0
@@ -171,13 +176,17 @@ class ScriptedEndpoint:
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self.send(404, {"error": {"message": f"no route {self.path}"}})
                     return
+                client = self.client_address[0]
                 with endpoint._lock:
+                    endpoint.clients[client] += 1
+                    endpoint.in_flight_from[client] += 1
                     endpoint.in_flight += 1
                     endpoint.max_in_flight = max(endpoint.max_in_flight, endpoint.in_flight)
                 try:
                     self.answer(json.loads(body))
                 finally:
                     with endpoint._lock:
+                        endpoint.in_flight_from[client] -= 1
                         endpoint.in_flight -= 1
 
             def answer(self, request: dict[str, Any]) -> None:
@@ -223,9 +232,9 @@ class ScriptedEndpoint:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.url = f"http://{host}:{self.server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property

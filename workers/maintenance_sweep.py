@@ -7,9 +7,11 @@ transaction. A step returns what it found (counts, or ids); the caller (beat's t
 `grpod maintenance`) hands the ready groups it names to the distillation stage.
 
 - lost work: distillations left running that no live process holds (stalled) become failed and
-  due now, so they can be taken again; ready groups whose distillation never ran (ready for
-  ``LOST_TASK_SECONDS`` with none running) and the groups of stalled distillations are named to
-  be sent again.
+  due now, so they can be taken again; a stalled or failed one whose traces another distillation
+  has used since (the task ran again after the library moved on, so with another input) is
+  superseded; ready
+  groups whose distillation never ran (ready for ``LOST_TASK_SECONDS`` with none running) and the
+  groups of stalled distillations are named to be sent again.
 - expiry: a trace with no reward ``trace_ttl_seconds`` after it arrived is expired; it never
   counts toward its group's readiness again (a late reward is stored, and still counts for its
   library version's reward record, but does not make the trace learnable).
@@ -43,6 +45,7 @@ LOST_TASK_SECONDS = 600.0  # a ready group older than this with no distillation 
 # stays a short transaction, and the next sweep goes on where it stopped.
 BATCH = 10_000
 STALLED = "stalled: it was left running and no live process held it (its worker died or lost its connection)"
+SUPERSEDED = "superseded: another distillation has used its traces since (its task ran again on a newer library)"
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -73,24 +76,32 @@ def lost_work(conn: psycopg.Connection[Any], domain: str, upkeep: UpkeepSettings
     """Stalled distillations made take-able again; the ready groups to send to the distillation stage."""
     rows = conn.execute(
         _queries()["take_over_stalled_distillations"],
-        {"domain": domain, "max_attempts": distillation_store.MAX_ATTEMPTS, "error": STALLED},
+        {
+            "domain": domain,
+            "max_attempts": distillation_store.MAX_ATTEMPTS,
+            "error": STALLED,
+            "superseded_error": SUPERSEDED,
+        },
     ).fetchall()
     for row in rows:
+        what = "stalled distillation taken over" if row[5] else "failed distillation"
+        outcome = "; superseded" if row[4] else "; it failed for good" if row[3] else "; it can be taken again"
         log.warning(
-            "stalled distillation taken over" + ("; it failed for good" if row[3] else "; it can be taken again"),
+            what + outcome,
             distillation_id=int(row[0]),
             group_id=row[1],
             attempts=int(row[2]),
             domain=domain,
         )
-    send = {int(row[1]) for row in rows if row[1] is not None and not row[3]}
+    send = {int(row[1]) for row in rows if row[1] is not None and not row[3]}  # not a superseded one either
     send |= {
         group_id
         for group_id, _ in distillation_store.groups_to_distill(conn, domain, min_age_seconds=LOST_TASK_SECONDS)
     }
     return {
-        "stalled_distillations": sorted(int(row[0]) for row in rows),
-        "failed_for_good": sorted(int(row[0]) for row in rows if row[3]),
+        "stalled_distillations": sorted(int(row[0]) for row in rows if row[5]),
+        "failed_for_good": sorted(int(row[0]) for row in rows if row[3] and not row[4]),
+        "superseded": sorted(int(row[0]) for row in rows if row[4]),
         "groups_to_distill": sorted(send),
     }
 

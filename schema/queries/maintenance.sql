@@ -7,18 +7,34 @@ SELECT name, settings FROM domains ORDER BY name;
 -- the whole run, so a free lock means the runner died or lost its connection. The lock is taken
 -- here until the transaction ends, so no runner starts on one between the check and the update.
 -- Each becomes failed and due now (failed for good after its last attempt, as a failure would).
-WITH running AS MATERIALIZED (
-    SELECT id, input_key FROM distillations WHERE domain = %(domain)s AND status = 'running'
-), stalled AS (
-    SELECT id FROM running
+-- A stalled or failed one whose traces another distillation has used since (its task ran again
+-- after the library moved on, so with another input) is superseded instead, as a runner would
+-- have found at its end: nothing is left to do for it.
+WITH stalled AS (
+    SELECT id FROM (
+        SELECT id, input_key FROM distillations WHERE domain = %(domain)s AND status = 'running'
+    ) running
     WHERE pg_try_advisory_xact_lock(hashtext('grpod.distill'), hashtext(encode(input_key, 'hex')))
+), candidates AS (
+    SELECT id, true AS stalled FROM stalled
+    UNION ALL
+    SELECT id, false FROM distillations WHERE domain = %(domain)s AND status = 'failed'
+), verdict AS (
+    SELECT c.id, c.stalled, EXISTS (
+        SELECT 1 FROM distillations d, jsonb_array_elements(d.samples) sample, traces t
+        WHERE d.id = c.id AND t.trace_id = sample->>'trace_id'
+          AND t.used_by_distillation IS NOT NULL AND t.used_by_distillation <> d.id
+    ) AS superseded
+    FROM candidates c
 )
 UPDATE distillations d
-SET status = 'failed', finished_at = now(), error = %(error)s,
-    next_attempt_at = CASE WHEN d.attempts >= %(max_attempts)s THEN NULL ELSE now() END
-FROM stalled s
-WHERE d.id = s.id AND d.status = 'running'
-RETURNING d.id, d.group_id, d.attempts, d.next_attempt_at IS NULL AS terminal;
+SET status = CASE WHEN v.superseded THEN 'superseded' ELSE 'failed' END,
+    finished_at = now(),
+    error = CASE WHEN v.superseded THEN %(superseded_error)s ELSE %(error)s END,
+    next_attempt_at = CASE WHEN v.superseded OR d.attempts >= %(max_attempts)s THEN NULL ELSE now() END
+FROM verdict v
+WHERE d.id = v.id AND ((v.stalled AND d.status = 'running') OR (v.superseded AND d.status = 'failed'))
+RETURNING d.id, d.group_id, d.attempts, d.next_attempt_at IS NULL AS terminal, v.superseded, v.stalled;
 
 -- name: expire_traces
 -- Traces of a domain with no reward ttl seconds after they arrived (and not used) are expired.

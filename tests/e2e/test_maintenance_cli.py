@@ -45,7 +45,12 @@ def test_maintenance_sweeps_now_and_sends_lost_groups_to_the_distillation_stage(
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     support, coding = report["domains"]["support"], report["domains"]["coding"]
-    assert support["lost_work"] == {"stalled_distillations": [], "failed_for_good": [], "groups_to_distill": [lost]}
+    assert support["lost_work"] == {
+        "stalled_distillations": [],
+        "failed_for_good": [],
+        "superseded": [],
+        "groups_to_distill": [lost],
+    }
     assert support["expiry"] == {"expired_traces": 1}
     assert coding["retention"] == {"trajectories_dropped": 5, "request_bodies_dropped": 6}
     assert report["deployment"]["pruning"] == {"rejected_events": 1, "heartbeats": 0, "slot_claims": 0}

@@ -35,7 +35,10 @@ def _free_port() -> int:
 
 
 class TcpPostgres:
-    def __init__(self) -> None:
+    """``listen``: the addresses to listen on besides loopback; ``trust``: a network (CIDR) whose
+    clients it lets in, as initdb's trust lets in loopback's."""
+
+    def __init__(self, listen: tuple[str, ...] = (), trust: str | None = None) -> None:
         self.bin = _binaries()
         self.root = Path(tempfile.mkdtemp(prefix="grpod-pg-"))
         self.root.chmod(0o755)
@@ -49,6 +52,10 @@ class TcpPostgres:
             ensure_prefix_permissions(self.root)
             shutil.chown(self.root, SYSTEM_USER)
         self._run("initdb", "--auth=trust", "--encoding=utf8", "-U", "postgres", "-D", str(self.pgdata))
+        self.listen = ",".join(("127.0.0.1", *listen))
+        if trust is not None:
+            with (self.pgdata / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {trust} trust\n")
         self.start()
 
     def _run(self, command: str, *args: str, timeout: float = 120) -> None:
@@ -62,14 +69,14 @@ class TcpPostgres:
         )
 
     def start(self) -> None:
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root}"
+        options = f"-p {self.port} -c listen_addresses={self.listen} -k {self.root}"
         self._run("pg_ctl", "-D", str(self.pgdata), "-o", options, "-l", str(self.root / "log"), "-w", "start")
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = "postgres", host: str = "127.0.0.1") -> str:
+        return f"postgresql://postgres@{host}:{self.port}/{database}"
 
     def create_database(self, name: str) -> str:
         with psycopg.connect(self.url(), autocommit=True) as conn:

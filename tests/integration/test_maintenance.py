@@ -14,12 +14,13 @@ from grpod.daemon.tasks import one_effect_per_slot
 from grpod.schema.errors import OperatorError
 from grpod.workers import distillation_store, grouping_store, maintenance, replay, slot_claims
 from grpod.workers.maintenance_sweep import DeploymentUpkeep, sweep
+from grpod.workers.operations import Operation
 from grpod.workers.upkeep_settings import UpkeepSettings
 
 from ..factories import reward, trace
 from ..scripted_llm import GOOD_SCRIPT, ScriptedLLM
 from .planted import OneTopic, applied_distillation, group_of, traces
-from .stored import ingest
+from .stored import ingest, publish
 
 SLOT = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 
@@ -169,6 +170,50 @@ def test_a_stalled_distillation_is_found_and_can_be_taken_again(
     assert (run.status, run.id) == ("distilled", distillation_id)  # the same distillation, taken over
     assert conn.execute("SELECT attempts FROM distillations").fetchone() == (2,)
     assert _found(sweep(conn, DeploymentUpkeep()), "lost_work")["stalled_distillations"] == []
+
+
+def test_a_stalled_distillation_whose_traces_were_used_since_is_superseded(conn: psycopg.Connection[Any]) -> None:
+    # Its worker died; the task ran again on another worker after the library had moved on, so
+    # with another input (a new parent version): that distillation used the traces.
+    group_id = group_of(conn, traces(conn, "s", [1.0, 0.0, 1.0, 0.0, 0.0])[0])
+    with pytest.raises(RuntimeError):
+        distillation_store.distill_group(conn, CRASHING, OneTopic(), group_id)
+    ((stalled_id,),) = conn.execute("SELECT id FROM distillations").fetchall()
+    publish(conn, "support", [Operation("ADD", "Check the docs before answering.")])
+    rerun = distillation_store.distill_group(conn, ScriptedLLM(GOOD_SCRIPT), OneTopic(), group_id)
+    assert rerun.status == "distilled" and rerun.id != stalled_id
+
+    found = _found(sweep(conn, DeploymentUpkeep()), "lost_work")
+
+    assert found["stalled_distillations"] == [stalled_id] and found["superseded"] == [stalled_id]
+    assert found["failed_for_good"] == [] and found["groups_to_distill"] == []  # nothing to do again
+    row = conn.execute(
+        "SELECT status, error, next_attempt_at FROM distillations WHERE id = %s", (stalled_id,)
+    ).fetchone()
+    assert row is not None and row[0] == "superseded" and "used its traces" in row[1] and row[2] is None
+
+
+def test_a_failed_distillation_whose_traces_were_used_since_is_superseded(conn: psycopg.Connection[Any]) -> None:
+    # The sweep found it stalled first (failed, due now); then the task ran again on a newer library.
+    group_id = group_of(conn, traces(conn, "s", [1.0, 0.0, 1.0, 0.0, 0.0])[0])
+    with pytest.raises(RuntimeError):
+        distillation_store.distill_group(conn, CRASHING, OneTopic(), group_id)
+    first = _found(sweep(conn, DeploymentUpkeep()), "lost_work")
+    (failed_id,) = first["stalled_distillations"]
+    assert first["superseded"] == [] and first["groups_to_distill"] == [group_id]
+    assert _found(sweep(conn, DeploymentUpkeep()), "lost_work")["superseded"] == []  # its traces are unused yet
+    publish(conn, "support", [Operation("ADD", "Check the docs before answering.")])
+    assert distillation_store.distill_group(conn, ScriptedLLM(GOOD_SCRIPT), OneTopic(), group_id).id != failed_id
+
+    found = _found(sweep(conn, DeploymentUpkeep()), "lost_work")
+
+    assert found == {
+        "stalled_distillations": [],
+        "failed_for_good": [],
+        "superseded": [failed_id],
+        "groups_to_distill": [],
+    }
+    assert conn.execute("SELECT status FROM distillations WHERE id = %s", (failed_id,)).fetchone() == ("superseded",)
 
 
 def test_a_distillation_that_stalls_on_its_last_attempt_fails_for_good(conn: psycopg.Connection[Any]) -> None:

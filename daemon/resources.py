@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import atexit
 import os
-from functools import cache
+from functools import cache, partial
+from typing import Any
 
+import psycopg
 from psycopg_pool import ConnectionPool
 
 from grpod.daemon.settings import Settings, load_settings
@@ -43,6 +45,7 @@ def open_pool(url: str, current: Settings, *, max_size: int = POOL_SIZE) -> Conn
         url,
         min_size=1,
         max_size=max_size,
+        configure=partial(ask_for_keepalives, seconds=current.database_keepalive_seconds),
         kwargs={
             "application_name": "grpod",
             "connect_timeout": current.database_connect_timeout,
@@ -51,6 +54,20 @@ def open_pool(url: str, current: Settings, *, max_size: int = POOL_SIZE) -> Conn
         name="grpod",
         open=True,
     )
+
+
+def ask_for_keepalives(conn: psycopg.Connection[Any], *, seconds: int) -> None:
+    """Have the server probe this session's TCP connection when it is idle. A worker holds session
+    advisory locks (a distillation's, a domain's update window); a host that dies without closing
+    its connection would hold them until the kernel's default keepalive, two hours later. Set per
+    session (no startup option, which PgBouncer refuses); over a Unix socket the server ignores it."""
+    if seconds:
+        conn.execute(
+            "SELECT set_config('tcp_keepalives_idle', %(idle)s, false), "
+            "set_config('tcp_keepalives_interval', %(interval)s, false), "
+            "set_config('tcp_keepalives_count', '3', false)",
+            {"idle": str(seconds), "interval": str(max(1, seconds // 3))},
+        )
 
 
 @cache

@@ -231,6 +231,15 @@ class Settings(BaseSettings):
         le=20,
         description="SDK: attempts after the first before a publish fails.",
     )
+    database_keepalive_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="The database server probes a grpod connection idle this long, then every third of it, "
+        "three times: a host that died without closing its connections (power or network lost) has its "
+        "sessions, and the locks they hold, ended within about twice this. 0: the operating system's default "
+        "(about two hours).",
+    )
     database_connect_timeout: int = Field(
         default=10, ge=1, le=300, description="Seconds to wait for PostgreSQL to answer."
     )

@@ -102,9 +102,10 @@ def _depths(broker_url: str, names: list[str]) -> dict[str, tuple[int, int]]:
         return {name: tuple(channel.queue_declare(name, passive=True)[1:]) for name in names}
 
 
-def _pending(url: str, broker_url: str, prefix: str, traces: int) -> list[str]:
-    """What is left: events not stored, groups to distill, windows due, distillations neither applied
-    nor superseded, messages in the queues. Empty when the run is finished."""
+def _pending(url: str, broker_url: str, prefix: str, traces: int, dead: str) -> list[str]:
+    """What is left: events not stored, the ``dead`` host's database sessions, groups to distill,
+    windows due, distillations neither applied nor superseded, messages in the queues. Empty when
+    the run is finished."""
     left = []
     for table in ("traces", "rewards"):
         stored = _one(url, f"SELECT count(*) FROM {table}")
@@ -113,6 +114,11 @@ def _pending(url: str, broker_url: str, prefix: str, traces: int) -> list[str]:
     with psycopg.connect(url, autocommit=True) as conn:
         if groups := distillation_store.groups_to_distill(conn, min_age_seconds=0):
             left.append(f"{len(groups)} groups to distill")
+        sessions = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE client_addr = %s::inet", (dead,)
+        ).fetchone()
+        if sessions and sessions[0]:
+            left.append(f"{sessions[0]} database sessions of the killed host {dead}")
         if windows := update_window.due_windows(conn):
             left.append(f"update windows due: {windows}")
         left += [
@@ -193,7 +199,7 @@ def test_three_hosts_share_the_work_and_one_killed_mid_run_loses_nothing(
                 killed_at = _one(url, "SELECT count(*) FROM distillations")
                 _publish(client, second)
             deadline = time.monotonic() + 300
-            while left := _pending(url, rabbitmq_url, queue_prefix, len(trace_ids)):
+            while left := _pending(url, rabbitmq_url, queue_prefix, len(trace_ids), victim.address):
                 assert time.monotonic() < deadline, f"not finished after 300 s: {left}"
                 time.sleep(1)
 
@@ -207,12 +213,19 @@ def test_three_hosts_share_the_work_and_one_killed_mid_run_loses_nothing(
 
         assert_whole(url, traces=trace_ids, rewards=len(trace_ids))
         with psycopg.connect(url) as conn:
-            # Each rewarded trace learned from by one distillation at most, and each group's input once.
+            # Each trace learned from by one applied distillation at most: what the killed host had
+            # running was distilled again (and that one superseded) or resumed, never applied twice.
             twice = conn.execute(
                 "SELECT s->>'trace_id', count(*) FROM distillations d, jsonb_array_elements(d.samples) s "
-                "GROUP BY 1 HAVING count(*) > 1"
+                "WHERE d.status = 'applied' GROUP BY 1 HAVING count(*) > 1"
             ).fetchall()
-            assert twice == [], f"traces in more than one distillation: {twice}"
+            assert twice == [], f"traces in more than one applied distillation: {twice}"
+            used = conn.execute(
+                "SELECT count(*) FROM traces t WHERE t.used_by_distillation IS NOT NULL AND NOT EXISTS ("
+                "SELECT 1 FROM distillations d, jsonb_array_elements(d.samples) s "
+                "WHERE d.id = t.used_by_distillation AND d.status = 'applied' AND s->>'trace_id' = t.trace_id)"
+            ).fetchone()
+            assert used == (0,), f"{used} traces marked used by a distillation that did not apply them"
             versions = conn.execute("SELECT count(*) FROM library_versions").fetchone()
             assert versions is not None and versions[0] >= len(domains)
         dead = _depths(rabbitmq_url, [f"{queue_prefix}.dead", f"{queue_prefix}.events.dead"])

@@ -10,13 +10,20 @@ advantage call, so the limit is ``processes * concurrency * 60 / (latency * (G +
 distillations a minute. The rate counts every distillation, from the first one's start to the last
 one's end, so the ramp-up and the tail count against it.
 
+With ``--hosts``, the same measurement runs with one worker process on each of 1, 2 and 3 hosts:
+network namespaces with their own hostnames on a bridge (``tests/netns.py``, as the three-host
+test makes them; needs root). The servers are at the bridge's address: a PostgreSQL of the
+bench's own on TCP, the RabbitMQ through a relay (it listens on loopback only) and the endpoint.
+
     .venv/bin/python bench/llm_concurrency.py
     .venv/bin/python bench/llm_concurrency.py --processes 1 2 --groups-per-process 60
+    .venv/bin/python bench/llm_concurrency.py --hosts
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -25,6 +32,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +49,11 @@ from celery import Celery
 from embedded_postgres import Postgres
 
 from grpod.daemon.celery_app import create_app, declare_queues
+from grpod.daemon.migrations import migrate
 from grpod.daemon.settings import Settings
+from tests import netns
 from tests.factories import reward, trace
+from tests.faults.tcp_postgres import TcpPostgres
 from tests.integration.stored import ingest
 from tests.scripted_llm import GOOD_SUMMARY, ScriptedEndpoint
 
@@ -92,31 +105,60 @@ def _await_consumers(celery: Celery, consumers: int) -> None:
     raise SystemExit(f"only {declared.consumer_count} of {consumers} workers consume; see {LOGS}-*.log")
 
 
-def measure(postgres: Postgres, processes: int, concurrency: int, groups: int, latency: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Placement:
+    """Where the worker processes run, and how they reach the servers."""
+
+    where: str
+    start: Callable[[int, list[str], dict[str, str], Path], subprocess.Popen[bytes]]
+    broker_url: str  # the RabbitMQ, as the workers reach it
+    address: str  # where the endpoint listens, reachable from the workers
+    database_url: Callable[[str], str]  # the bench's database URL, as the workers reach it
+
+
+def _start_here(n: int, argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+HERE = Placement("this machine", _start_here, BROKER, "127.0.0.1", lambda url: url)
+
+
+def measure(
+    fresh_database: Callable[[], contextlib.AbstractContextManager[str]],
+    placement: Placement,
+    processes: int,
+    concurrency: int,
+    groups: int,
+    latency: float,
+) -> dict[str, Any]:
     script = {"summary": GOOD_SUMMARY, "advantage": _advantage, "operations": '{"operations": []}'}
     prefix = f"benchllm.{uuid.uuid4().hex[:8]}"
-    with postgres.fresh_database() as url, ScriptedEndpoint(script, latency=latency) as endpoint:  # type: ignore[arg-type]
+    with (
+        fresh_database() as url,
+        ScriptedEndpoint(script, latency=latency, host=placement.address) as endpoint,  # type: ignore[arg-type]
+    ):
         group_ids = _plant(url, groups)
         env = {k: v for k, v in os.environ.items() if not k.startswith("GRPOD_")} | {
-            "GRPOD_DATABASE_URL": url,
-            "GRPOD_BROKER_URL": BROKER,
+            "GRPOD_DATABASE_URL": placement.database_url(url),
+            "GRPOD_BROKER_URL": placement.broker_url,
             "GRPOD_QUEUE_PREFIX": prefix,
             "GRPOD_LLM_BASE_URL": endpoint.url,
             "GRPOD_LLM_MODEL": "scripted",
             "GRPOD_LLM_CONCURRENCY": str(concurrency),
             "GRPOD_LOG_LEVEL": "WARNING",
             "GRPOD_LOG_FORMAT": "json",
-            "GRPOD_HOME": tempfile.mkdtemp(prefix="grpod-bench-"),
         }
         settings = Settings(broker_url=BROKER, queue_prefix=prefix, database_url=url)
         celery = create_app(settings)
         declare_queues(celery, settings)
+        argv = [sys.executable, "-m", "grpod.daemon", "worker", "--queues", "distill", "--pool", "threads"]
         workers = [
-            subprocess.Popen(
-                [sys.executable, "-m", "grpod.daemon", "worker", "--queues", "distill", "--pool", "threads"],
-                env=env | {"GRPOD_HOME": tempfile.mkdtemp(prefix="grpod-bench-")},  # a host each
-                stdout=subprocess.DEVNULL,
-                stderr=open(f"{LOGS}-{n}.log", "w"),  # noqa: SIM115 (closed with the process)
+            placement.start(
+                n,
+                argv,
+                env | {"GRPOD_HOME": tempfile.mkdtemp(prefix="grpod-bench-")},  # a home each
+                Path(f"{LOGS}-{n}.log"),
             )
             for n in range(processes)
         ]
@@ -151,6 +193,7 @@ def measure(postgres: Postgres, processes: int, concurrency: int, groups: int, l
     calls_per_distillation = (calls[0] if calls else 0) / max(1, distilled)
     limit = processes * concurrency * 60 / (latency * calls_per_distillation) if calls_per_distillation else 0.0
     return {
+        "where": placement.where,
         "processes": processes,
         "concurrency": concurrency,
         "groups": groups,
@@ -164,27 +207,68 @@ def measure(postgres: Postgres, processes: int, concurrency: int, groups: int, l
     }
 
 
+@contextlib.contextmanager
+def _tcp_database(postgres: TcpPostgres) -> Iterator[str]:
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    url = postgres.create_database(name)
+    migrate(url)
+    yield url
+
+
+def _on_hosts(args: argparse.Namespace) -> list[dict[str, Any]]:
+    problem = netns.available()
+    if problem:
+        raise SystemExit(f"--hosts cannot run here: {problem}")
+    rows = []
+    with netns.network(max(args.processes)) as network:
+        postgres = TcpPostgres(listen=(network.gateway,), trust=network.subnet)
+        try:
+            with netns.Forward((network.gateway, 5672), ("127.0.0.1", 5672)):
+                placement = Placement(
+                    "hosts",
+                    lambda n, argv, env, log: network.hosts[n].start(argv, env, log),
+                    f"amqp://guest:guest@{network.gateway}:5672//",
+                    network.gateway,
+                    lambda url: url.replace("@127.0.0.1:", f"@{network.gateway}:"),
+                )
+                for hosts in args.processes:
+                    groups = hosts * args.groups_per_process
+                    database = partial(_tcp_database, postgres)
+                    rows.append(measure(database, placement, hosts, args.concurrency, groups, args.latency))
+        finally:
+            postgres.close()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--processes", type=int, nargs="+", default=None, help="default: 1 2 4 (--hosts: 1 2 3)")
+    parser.add_argument("--hosts", action="store_true", help="one worker process on each of that many hosts")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--groups-per-process", type=int, default=120)
     parser.add_argument("--latency", type=float, default=1.0)
     args = parser.parse_args()
-    rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        postgres = Postgres(Path(folder))
-        try:
-            for processes in args.processes:
-                rows.append(
-                    measure(postgres, processes, args.concurrency, processes * args.groups_per_process, args.latency)
-                )
-        finally:
-            postgres.close()
+    args.processes = args.processes or ([1, 2, 3] if args.hosts else [1, 2, 4])
+    if args.hosts:
+        rows = _on_hosts(args)
+    else:
+        rows = []
+        with tempfile.TemporaryDirectory() as folder:
+            postgres = Postgres(Path(folder))
+            try:
+                for processes in args.processes:
+                    groups = processes * args.groups_per_process
+                    rows.append(
+                        measure(postgres.fresh_database, HERE, processes, args.concurrency, groups, args.latency)
+                    )
+            finally:
+                postgres.close()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "llm_concurrency.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (RESULTS / ("llm_concurrency_hosts.json" if args.hosts else "llm_concurrency.json")).write_text(
+        json.dumps(rows, indent=2) + "\n"
+    )
     table = Table(
-        "worker processes",
+        "hosts (a worker process each)" if args.hosts else "worker processes",
         "GRPOD_LLM_CONCURRENCY",
         "calls per distillation",
         "distillations/min",

@@ -18,11 +18,10 @@ import psycopg
 import pytest
 from kombu.connection import Connection
 
-from grpod.daemon.celery_app import STAGES
 from grpod.workers import slot_claims
 
 from ..faults.workers import kill, start, wait_for
-from .helpers import grpod_env, json_lines
+from .helpers import delete_broker_objects, grpod_env, json_lines
 
 TASK = "grpod.maintenance.sweep"
 SENT = "Sending due task maintenance-sweep"
@@ -50,15 +49,6 @@ def _dead_letters(rabbitmq_url: str, prefix: str) -> int:
     with Connection(rabbitmq_url) as connection:
         _, count, _ = connection.channel().queue_declare(queue=f"{prefix}.dead", passive=True)
     return int(count)
-
-
-def _delete_broker_objects(rabbitmq_url: str, prefix: str) -> None:
-    with Connection(rabbitmq_url) as connection:
-        channel = connection.channel()
-        for name in [f"{prefix}.{stage}" for stage in STAGES] + [f"{prefix}.dead", f"{prefix}.events"]:
-            channel.queue_delete(name)
-        for exchange in (prefix, f"{prefix}.dead", f"{prefix}.events"):
-            channel.exchange_delete(exchange)
 
 
 @pytest.mark.rabbitmq
@@ -128,7 +118,7 @@ def test_two_beats_at_once_give_exactly_one_effect_per_slot(
         assert _dead_letters(rabbitmq_url, queue_prefix) == 0
         print(f"{len(claims)} slots, {sent} copies sent, {sum(c.duplicates for c in claims)} refused")
     finally:
-        _delete_broker_objects(rabbitmq_url, queue_prefix)
+        delete_broker_objects(rabbitmq_url, queue_prefix)
 
 
 def _up(database_url: str) -> bool:

@@ -57,16 +57,19 @@ def open_pool(url: str, current: Settings, *, max_size: int = POOL_SIZE) -> Conn
 
 
 def ask_for_keepalives(conn: psycopg.Connection[Any], *, seconds: int) -> None:
-    """Have the server probe this session's TCP connection when it is idle. A worker holds session
-    advisory locks (a distillation's, a domain's update window); a host that dies without closing
-    its connection would hold them until the kernel's default keepalive, two hours later. Set per
-    session (no startup option, which PgBouncer refuses); over a Unix socket the server ignores it."""
+    """Have the server probe this session's TCP connection when it is idle, and give up on data it
+    sent that is not acknowledged for twice ``seconds`` (a keepalive never probes a connection with
+    data in flight). A worker holds session advisory locks (a distillation's, a domain's update
+    window); a host that dies without closing its connection would hold them until the kernel's
+    defaults, two hours (idle) or about fifteen minutes (data in flight), later. Set per session (no
+    startup option, which PgBouncer refuses); over a Unix socket the server ignores them."""
     if seconds:
         conn.execute(
             "SELECT set_config('tcp_keepalives_idle', %(idle)s, false), "
             "set_config('tcp_keepalives_interval', %(interval)s, false), "
-            "set_config('tcp_keepalives_count', '3', false)",
-            {"idle": str(seconds), "interval": str(max(1, seconds // 3))},
+            "set_config('tcp_keepalives_count', '3', false), "
+            "set_config('tcp_user_timeout', %(user_timeout)s, false)",
+            {"idle": str(seconds), "interval": str(max(1, seconds // 3)), "user_timeout": str(seconds * 2000)},
         )
 
 

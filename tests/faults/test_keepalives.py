@@ -11,22 +11,22 @@ from grpod.daemon.settings import Settings
 from .tcp_postgres import TcpPostgres
 
 
-def _keepalives(url: str, settings: Settings) -> tuple[str, str, str]:
+def _keepalives(url: str, settings: Settings) -> tuple[str, ...]:
     with open_pool(url, settings) as pool, pool.connection() as conn:
         row = conn.execute(
             "SELECT current_setting('tcp_keepalives_idle'), current_setting('tcp_keepalives_interval'), "
-            "current_setting('tcp_keepalives_count')"
+            "current_setting('tcp_keepalives_count'), current_setting('tcp_user_timeout')"
         ).fetchone()
     assert row is not None
-    return (str(row[0]), str(row[1]), str(row[2]))
+    return tuple(str(value) for value in row)
 
 
 def test_pooled_connections_over_tcp_are_probed_by_the_server(tcp_postgres: TcpPostgres) -> None:
     url = tcp_postgres.url()
-    assert _keepalives(url, Settings(database_url=url)) == ("30", "10", "3")
-    assert _keepalives(url, Settings(database_url=url, database_keepalive_seconds=90)) == ("90", "30", "3")
+    assert _keepalives(url, Settings(database_url=url)) == ("30", "10", "3", "60000")
+    assert _keepalives(url, Settings(database_url=url, database_keepalive_seconds=90)) == ("90", "30", "3", "180000")
     # 0 leaves the operating system's default (Linux: two hours idle, then 9 probes 75 s apart).
     system = tuple(
         Path(f"/proc/sys/net/ipv4/tcp_keepalive_{name}").read_text().strip() for name in ("time", "intvl", "probes")
     )
-    assert _keepalives(url, Settings(database_url=url, database_keepalive_seconds=0)) == system
+    assert _keepalives(url, Settings(database_url=url, database_keepalive_seconds=0)) == (*system, "0")

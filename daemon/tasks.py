@@ -50,6 +50,8 @@ def _autocommit() -> Iterator[psycopg.Connection[Any]]:
         connect_timeout=settings.database_connect_timeout,
         application_name=APPLICATION_NAME,
     ) as conn:
+        # Its session holds the distillation's lock: the server must notice a dead host soon.
+        resources.ask_for_keepalives(conn, seconds=settings.database_keepalive_seconds)
         yield conn
 
 

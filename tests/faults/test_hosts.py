@@ -115,10 +115,10 @@ def _pending(url: str, broker_url: str, prefix: str, traces: int, dead: str) -> 
         if groups := distillation_store.groups_to_distill(conn, min_age_seconds=0):
             left.append(f"{len(groups)} groups to distill")
         sessions = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE client_addr = %s::inet", (dead,)
-        ).fetchone()
-        if sessions and sessions[0]:
-            left.append(f"{sessions[0]} database sessions of the killed host {dead}")
+            "SELECT state, wait_event, left(query, 60) FROM pg_stat_activity WHERE client_addr = %s::inet", (dead,)
+        ).fetchall()
+        if sessions:
+            left.append(f"{len(sessions)} database sessions of the killed host {dead}: {sessions}")
         if windows := update_window.due_windows(conn):
             left.append(f"update windows due: {windows}")
         left += [

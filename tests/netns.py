@@ -25,7 +25,6 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 
 def available() -> str | None:
@@ -198,8 +197,6 @@ class Forward:
 def log_tail(log: Path, lines: int = 40) -> str:
     """The end of a host process's log, for a failure message."""
     try:
-        text: IO[str]
-        with log.open(errors="replace") as text:
-            return "".join(text.readlines()[-lines:])
+        return "".join(log.read_text(errors="replace").splitlines(keepends=True)[-lines:])
     except OSError:
         return ""

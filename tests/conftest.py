@@ -18,6 +18,8 @@ from kombu.connection import Connection
 
 from grpod.daemon.migrations import migrate
 
+from .broker import delete_broker_objects
+
 RABBITMQ_URL = os.environ.get("GRPOD_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 TEMPLATE = "grpod_template"
 
@@ -87,10 +89,18 @@ def rabbitmq_url() -> str:
     return RABBITMQ_URL
 
 
-@pytest.fixture
-def queue_prefix() -> str:
+def new_queue_prefix() -> str:
     """A prefix no other test uses, so tests on the shared broker never meet."""
     return f"grpodtest.{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def queue_prefix(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A prefix of the test's own; what it declared under it on RabbitMQ is deleted afterwards."""
+    prefix = new_queue_prefix()
+    yield prefix
+    if "rabbitmq_url" in request.fixturenames:
+        delete_broker_objects(request.getfixturevalue("rabbitmq_url"), prefix)
 
 
 @pytest.fixture(autouse=True)

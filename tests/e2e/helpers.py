@@ -10,10 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kombu.connection import Connection
-
-from grpod.daemon.celery_app import STAGES
-
 GRPOD = [sys.executable, "-m", "grpod.daemon"]
 
 
@@ -52,13 +48,3 @@ def wait_for_domains(env: dict[str, str], rewarded: int, timeout: float = 60) ->
             break
         time.sleep(0.5)
     return domains
-
-
-def delete_broker_objects(rabbitmq_url: str, prefix: str) -> None:
-    """Remove a test's queues and exchanges from the shared RabbitMQ."""
-    with Connection(rabbitmq_url) as connection:
-        channel = connection.channel()
-        for name in [f"{prefix}.{stage}" for stage in STAGES] + [f"{prefix}.dead", f"{prefix}.events"]:
-            channel.queue_delete(name)
-        for exchange in (prefix, f"{prefix}.dead", f"{prefix}.events"):
-            channel.exchange_delete(exchange)

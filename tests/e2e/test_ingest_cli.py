@@ -6,6 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
+from ..broker import delete_broker_objects
+from ..conftest import new_queue_prefix
 from ..factories import raw, reward, trace
 from .helpers import GRPOD, grpod_env, run_grpod
 
@@ -112,14 +114,13 @@ def test_migrate_declares_the_queues_so_any_amqp_client_can_publish_before_a_wor
     tmp_path: Path, database_url: str, rabbitmq_url: str
 ) -> None:
     import threading
-    import uuid
 
     from kombu.connection import Connection
 
     from grpod.daemon.ingest import consumer_from_settings
     from grpod.daemon.settings import Settings
 
-    prefix = f"grpodtest.{uuid.uuid4().hex[:10]}"
+    prefix = new_queue_prefix()
     env = grpod_env(tmp_path / "home", database_url=database_url, broker_url=rabbitmq_url, queue_prefix=prefix)
     migrated = run_grpod(["migrate", "--json"], env)
     assert migrated.returncode == 0, migrated.stderr
@@ -146,12 +147,7 @@ def test_migrate_declares_the_queues_so_any_amqp_client_can_publish_before_a_wor
             {"domain": "polyglot", "traces": 1, "rewarded_traces": 1}
         ]
     finally:
-        with Connection(rabbitmq_url) as connection:
-            channel = connection.channel()
-            for queue in (f"{prefix}.events", f"{prefix}.events.dead", f"{prefix}.dead"):
-                channel.queue_delete(queue)
-            for exchange in (f"{prefix}.events", f"{prefix}.dead", prefix):
-                channel.exchange_delete(exchange)
+        delete_broker_objects(rabbitmq_url, prefix)
 
 
 def test_migrate_with_an_unreachable_broker_is_one_sentence(tmp_path: Path, database_url: str) -> None:

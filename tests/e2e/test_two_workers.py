@@ -13,7 +13,7 @@ from amqp.exceptions import NotFound
 from kombu.connection import Connection
 
 from ..faults.workers import kill, start, wait_for
-from .helpers import delete_broker_objects, grpod_env
+from .helpers import grpod_env
 
 WORKER = ["worker", "--queues", "distill", "--pool", "threads", "--concurrency", "2"]
 
@@ -32,20 +32,17 @@ def test_two_workers_on_one_host_both_consume(
 ) -> None:
     settings = {"database_url": database_url, "broker_url": rabbitmq_url, "queue_prefix": queue_prefix}
     logs = [tmp_path / "worker-1.log", tmp_path / "worker-2.log"]
+    workers = [start(WORKER, grpod_env(tmp_path / f"home-{n}", **settings), log) for n, log in enumerate(logs)]
     try:
-        workers = [start(WORKER, grpod_env(tmp_path / f"home-{n}", **settings), log) for n, log in enumerate(logs)]
-        try:
-            wait_for(
-                "two consumers of the distill queue",
-                lambda: _consumers(rabbitmq_url, f"{queue_prefix}.distill") == 2,
-                120,
-                0.5,
-            )
-            assert [worker.poll() for worker in workers] == [None, None]
-        finally:
-            for worker in workers:
-                kill(worker, signal.SIGTERM)
-        text = "".join(log.read_text() for log in logs)
-        assert "RESOURCE_LOCKED" not in text and "Traceback" not in text
+        wait_for(
+            "two consumers of the distill queue",
+            lambda: _consumers(rabbitmq_url, f"{queue_prefix}.distill") == 2,
+            120,
+            0.5,
+        )
+        assert [worker.poll() for worker in workers] == [None, None]
     finally:
-        delete_broker_objects(rabbitmq_url, queue_prefix)
+        for worker in workers:
+            kill(worker, signal.SIGTERM)
+    text = "".join(log.read_text() for log in logs)
+    assert "RESOURCE_LOCKED" not in text and "Traceback" not in text

@@ -12,38 +12,29 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from kombu.connection import Connection
 
 from grpod.daemon.ingest import consumer_from_settings
 from grpod.daemon.settings import Settings
 from grpod.sdk import Client, ValidEvent
 from grpod.sdk.publish import PublishError
 
+from ..broker import delete_broker_objects
+from ..conftest import new_queue_prefix
 from ..factories import reward, trace
-
-
-def _delete_queues(url: str, prefix: str) -> None:
-    with Connection(url) as connection:
-        channel = connection.channel()
-        for queue in (f"{prefix}.events", f"{prefix}.events.dead"):
-            channel.queue_delete(queue)
-        for exchange in (f"{prefix}.events", f"{prefix}.dead"):
-            channel.exchange_delete(exchange)
 
 
 @pytest.fixture(params=["rabbitmq", "embedded"])
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
-    prefix = f"grpodtest.{uuid.uuid4().hex[:10]}"
+    prefix = new_queue_prefix()
     if request.param == "rabbitmq":
         url: str = request.getfixturevalue("rabbitmq_url")
         yield Settings(home=tmp_path, broker_url=url, queue_prefix=prefix, delivery_limit=2, ingest_batch_seconds=0.1)
-        _delete_queues(url, prefix)
+        delete_broker_objects(url, prefix)
     else:
         yield Settings(home=tmp_path, queue_prefix=prefix, delivery_limit=2, ingest_batch_seconds=0.1)
 

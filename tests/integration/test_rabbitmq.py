@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,9 +15,12 @@ from kombu.connection import Connection
 from kombu.entity import Queue
 
 from grpod.daemon import resources
-from grpod.daemon.celery_app import STAGES, create_app, declare_queues
+from grpod.daemon.celery_app import create_app, declare_queues
 from grpod.daemon.settings import Settings
 from grpod.schema.topology import dead_letter_queue
+
+from ..broker import delete_broker_objects
+from ..conftest import new_queue_prefix
 
 ATTEMPTS: dict[str, int] = {}
 
@@ -36,22 +38,13 @@ def flaky(self: Any, key: str, failures: int) -> int:
     return ATTEMPTS[key]
 
 
-def _cleanup(url: str, prefix: str) -> None:
-    with Connection(url) as connection:
-        channel = connection.channel()
-        for name in [f"{prefix}.{stage}" for stage in STAGES] + [f"{prefix}.dead"]:
-            channel.queue_delete(name)
-        for exchange in (prefix, f"{prefix}.dead"):
-            channel.exchange_delete(exchange)
-
-
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory, rabbitmq_url: str) -> Iterator[Settings]:
-    prefix = f"grpodtest.{uuid.uuid4().hex[:10]}"
+    prefix = new_queue_prefix()
     home = tmp_path_factory.mktemp("home")
     settings = Settings(home=home, broker_url=rabbitmq_url, queue_prefix=prefix, delivery_limit=2)
     yield settings
-    _cleanup(rabbitmq_url, prefix)
+    delete_broker_objects(rabbitmq_url, prefix)
 
 
 @pytest.fixture(scope="module")

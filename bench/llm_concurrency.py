@@ -8,7 +8,8 @@ embedded PostgreSQL; their distill tasks go through the real RabbitMQ on 127.0.0
 distillation of a group with an empty library makes G summary calls (at once) and one group
 advantage call, so the limit is ``processes * concurrency * 60 / (latency * (G + 1))``
 distillations a minute. The rate counts every distillation, from the first one's start to the last
-one's end, so the ramp-up and the tail count against it.
+one's end, so the ramp-up and the tail count against it. The bench exits 1 when a row falls below
+``--goal`` (80%) of its limit.
 
 With ``--hosts``, the same measurement runs with one worker process on each of 1, 2 and 3 hosts:
 network namespaces with their own hostnames on a bridge (``tests/netns.py``, as the three-host
@@ -52,6 +53,7 @@ from grpod.daemon.celery_app import create_app, declare_queues
 from grpod.daemon.migrations import migrate
 from grpod.daemon.settings import Settings
 from tests import netns
+from tests.broker import delete_broker_objects
 from tests.factories import reward, trace
 from tests.faults.tcp_postgres import TcpPostgres
 from tests.integration.stored import ingest
@@ -187,6 +189,7 @@ def measure(
                 worker.terminate()
             for worker in workers:
                 worker.wait(timeout=60)
+            delete_broker_objects(BROKER, prefix)
     assert span is not None
     distilled, seconds = int(span[0]), float(span[1] or 0)
     rate = distilled / seconds * 60 if seconds else 0.0
@@ -240,13 +243,14 @@ def _on_hosts(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, nargs="+", default=None, help="default: 1 2 4 (--hosts: 1 2 3)")
     parser.add_argument("--hosts", action="store_true", help="one worker process on each of that many hosts")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--groups-per-process", type=int, default=120)
     parser.add_argument("--latency", type=float, default=1.0)
+    parser.add_argument("--goal", type=float, default=0.8, help="the least share of the limit each row must reach")
     args = parser.parse_args()
     args.processes = args.processes or ([1, 2, 3] if args.hosts else [1, 2, 4])
     if args.hosts:
@@ -288,7 +292,11 @@ def main() -> None:
             f"{row['max_in_flight']} ({row['in_flight_limit']})",
         )
     Console(width=160).print(table)
+    short = [row for row in rows if row["share_of_limit"] < args.goal]
+    for row in short:
+        print(f"below the goal: {row['processes']} at {row['share_of_limit']:.0%} of the limit (goal {args.goal:.0%})")
+    return 1 if short else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -18,7 +18,8 @@ The set-up: one embedded PostgreSQL with pgvector and two fresh migrated databas
   members); no distillations, so no trace is ``used_by_distillation``;
 - rewards: 72% of traces have one, 8% two (two sources), 20% none; 70% of the values are 0 or 1,
   the others in [-1, 1]; a reward comes minutes to hours after its trace; an unrewarded trace
-  older than the default trace TTL (7 days) is expired, as the maintenance sweep would have done.
+  older than the default trace TTL (7 days) is expired, as the maintenance sweep would have done;
+  the others are in ``traces_awaiting_reward``, as ingest keeps them.
 
 Foreign keys are not checked during the load (``session_replication_role = replica``; the data are
 consistent by construction); the secondary indexes of traces, rewards and groups are dropped before
@@ -39,8 +40,8 @@ What it measures, on both databases, interleaved so that the shared machine's no
 - **nearest-group lookup** alone: the service's ``nearest_group`` query (HNSW, iterative scan), as
   ``bench/grouping.py`` times it, with vectors near the domain's topics, p50/p99;
 - **sizes**: each table's heap, TOAST, every index by name, and the total (``pg_relation_size``,
-  ``pg_table_size``, ``pg_indexes_size``, ``pg_total_relation_size``) for traces, rewards and
-  groups, per million traces;
+  ``pg_table_size``, ``pg_indexes_size``, ``pg_total_relation_size``) for traces, rewards,
+  groups and traces_awaiting_reward, per million traces;
 - **ingest**: ``store_isolating_failures`` (what ``IngestConsumer.store`` calls for each batch),
   batches of 500 events (60% traces in the domains by size, 40% rewards of those traces, from
   ``bench/ingest.py``'s generator), events/s, ``--ingest-repeat`` rounds (the stored events are
@@ -109,7 +110,7 @@ READY_AFTER = 5  # G: rewarded members that make a group ready (the default grou
 INGEST_BATCH = 500
 NEW_TOPIC_SHARE = 0.1
 LOOKUP_CHUNK = 50
-TABLES = ("traces", "rewards", "groups")
+TABLES = ("traces", "rewards", "groups", "traces_awaiting_reward")
 Array = npt.NDArray[Any]
 
 console = Console() if sys.stdout.isatty() else Console(width=150)
@@ -324,6 +325,10 @@ def load(conn: psycopg.Connection[Any], world: World, seed: int, days: float) ->
                             )
                         )
                         rewards += 1
+            # What ingest keeps of the traces still awaiting a reward: unrewarded, not expired.
+            with cursor.copy("COPY traces_awaiting_reward (trace_id, domain) FROM STDIN") as copy:
+                for index in np.flatnonzero((reward_count == 0) & ~expired).tolist():
+                    copy.write_row((trace_ids[index], names[world.domain_of[index]]))
         seconds["copy rewards"] = time.perf_counter() - started
 
         # Groups: one per topic with members.
@@ -374,7 +379,7 @@ def load(conn: psycopg.Connection[Any], world: World, seed: int, days: float) ->
     seconds["HNSW centroid index"] = time.perf_counter() - started
     conn.execute("RESET session_replication_role")
     started = time.perf_counter()
-    conn.execute("VACUUM (ANALYZE) domains, traces, rewards, groups")
+    conn.execute("VACUUM (ANALYZE) domains, traces, rewards, groups, traces_awaiting_reward")
     seconds["VACUUM ANALYZE"] = time.perf_counter() - started
     conn.execute("RESET maintenance_work_mem")
     largest, median = 0, len(names) // 2
@@ -594,8 +599,9 @@ def time_ingest(conn: psycopg.Connection[Any], batches: Sequence[Sequence[Incomi
 
 def undo_ingest(conn: psycopg.Connection[Any], trace_ids: list[str]) -> None:
     conn.execute("DELETE FROM rewards WHERE trace_id = ANY(%s)", (trace_ids,))
+    conn.execute("DELETE FROM traces_awaiting_reward WHERE trace_id = ANY(%s)", (trace_ids,))
     conn.execute("DELETE FROM traces WHERE trace_id = ANY(%s)", (trace_ids,))
-    conn.execute("VACUUM (ANALYZE) traces, rewards")
+    conn.execute("VACUUM (ANALYZE) traces, rewards, traces_awaiting_reward")
 
 
 # Operator and maintenance queries --------------------------------------------------------------

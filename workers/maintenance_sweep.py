@@ -108,8 +108,10 @@ def lost_work(conn: psycopg.Connection[Any], domain: str, upkeep: UpkeepSettings
 
 def expire_traces(conn: psycopg.Connection[Any], domain: str, upkeep: UpkeepSettings) -> Found:
     """Traces with no reward ``trace_ttl_seconds`` after they arrived no longer count toward readiness."""
+    named = _queries()
+    conn.execute(named["forget_rewarded_awaiting"], {"domain": domain})
     expired = conn.execute(
-        _queries()["expire_traces"], {"domain": domain, "ttl_seconds": upkeep.trace_ttl_seconds, "limit": BATCH}
+        named["expire_traces"], {"domain": domain, "ttl_seconds": upkeep.trace_ttl_seconds, "limit": BATCH}
     ).rowcount
     return {"expired_traces": expired}
 

@@ -1,15 +1,13 @@
 -- name: overview
 -- Per domain (of these, or all when NULL): events received in the last window seconds (traces,
--- and rewards of its traces), traces still waiting for a reward, rejected events, ready groups,
+-- and rewards of its traces), traces still awaiting a reward (not expired), rejected events, ready groups,
 -- the labels, the pin and the freeze.
 SELECT d.name,
        (SELECT count(*) FROM traces t
          WHERE t.domain = d.name AND t.received_at > now() - make_interval(secs => %(window)s))
      + (SELECT count(*) FROM rewards r JOIN traces t ON t.trace_id = r.trace_id
          WHERE t.domain = d.name AND r.received_at > now() - make_interval(secs => %(window)s)) AS recent_events,
-       (SELECT count(*) FROM traces t
-         WHERE t.domain = d.name AND NOT EXISTS (SELECT 1 FROM rewards r WHERE r.trace_id = t.trace_id))
-           AS awaiting_reward,
+       (SELECT count(*) FROM traces_awaiting_reward a WHERE a.domain = d.name) AS awaiting_reward,
        (SELECT count(*) FROM rejected_events e WHERE e.domain = d.name) AS rejected,
        (SELECT count(*) FROM groups g WHERE g.domain = d.name AND g.ready_at IS NOT NULL) AS ready_groups,
        (SELECT version FROM library_labels l WHERE l.domain = d.name AND l.label = 'production') AS production,

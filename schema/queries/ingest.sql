@@ -22,11 +22,21 @@ COPY incoming_traces (trace_id, domain, query, trajectory, answer, library_versi
 
 -- name: insert_traces
 -- Store the staged traces that are new; a trace_id already stored is left alone (the caller compares hashes).
-INSERT INTO traces (trace_id, domain, query, trajectory, answer, library_version, metadata, created_at, content_hash)
-SELECT trace_id, domain, query, trajectory::jsonb, answer, library_version, metadata::jsonb, created_at, content_hash
-FROM incoming_traces
-ON CONFLICT (trace_id) DO NOTHING
-RETURNING trace_id;
+-- A new trace whose reward has not come yet awaits it.
+WITH inserted AS (
+    INSERT INTO traces (trace_id, domain, query, trajectory, answer, library_version, metadata, created_at,
+                        content_hash)
+    SELECT trace_id, domain, query, trajectory::jsonb, answer, library_version, metadata::jsonb, created_at,
+           content_hash
+    FROM incoming_traces
+    ON CONFLICT (trace_id) DO NOTHING
+    RETURNING trace_id, domain
+), awaiting AS (
+    INSERT INTO traces_awaiting_reward (trace_id, domain)
+    SELECT i.trace_id, i.domain FROM inserted i
+    WHERE NOT EXISTS (SELECT 1 FROM rewards r WHERE r.trace_id = i.trace_id)
+)
+SELECT trace_id FROM inserted;
 
 -- name: trace_hashes
 -- The stored content hash of each of these traces.
@@ -38,10 +48,16 @@ COPY incoming_rewards (trace_id, source, value, critique, ground_truth, created_
 
 -- name: insert_rewards
 -- Store the staged rewards that are new; a (trace_id, source) already stored is left alone.
-INSERT INTO rewards (trace_id, source, value, critique, ground_truth, created_at, content_hash)
-SELECT trace_id, source, value, critique, ground_truth, created_at, content_hash FROM incoming_rewards
-ON CONFLICT (trace_id, source) DO NOTHING
-RETURNING trace_id, source;
+-- Their traces await a reward no more.
+WITH inserted AS (
+    INSERT INTO rewards (trace_id, source, value, critique, ground_truth, created_at, content_hash)
+    SELECT trace_id, source, value, critique, ground_truth, created_at, content_hash FROM incoming_rewards
+    ON CONFLICT (trace_id, source) DO NOTHING
+    RETURNING trace_id, source
+), rewarded AS (
+    DELETE FROM traces_awaiting_reward a USING inserted i WHERE a.trace_id = i.trace_id
+)
+SELECT trace_id, source FROM inserted;
 
 -- name: reward_hashes
 -- The stored content hash of each of these (trace_id, source) pairs.

@@ -36,17 +36,27 @@ FROM verdict v
 WHERE d.id = v.id AND ((v.stalled AND d.status = 'running') OR (v.superseded AND d.status = 'failed'))
 RETURNING d.id, d.group_id, d.attempts, d.next_attempt_at IS NULL AS terminal, v.superseded, v.stalled;
 
+-- name: forget_rewarded_awaiting
+-- A domain's traces still marked awaiting whose reward was stored by a concurrent batch (each
+-- batch saw nothing of the other's uncommitted rows) await no more.
+DELETE FROM traces_awaiting_reward a
+WHERE a.domain = %(domain)s AND EXISTS (SELECT 1 FROM rewards r WHERE r.trace_id = a.trace_id);
+
 -- name: expire_traces
--- Traces of a domain with no reward ttl seconds after they arrived (and not used) are expired.
+-- Traces of a domain with no reward ttl seconds after they arrived (and not used) are expired,
+-- oldest first, from the traces awaiting a reward.
 WITH due AS (
-    SELECT t.trace_id FROM traces t
-    WHERE t.domain = %(domain)s AND t.expired_at IS NULL AND t.used_by_distillation IS NULL
-      AND t.received_at < now() - make_interval(secs => %(ttl_seconds)s)
-      AND NOT EXISTS (SELECT 1 FROM rewards r WHERE r.trace_id = t.trace_id)
-    ORDER BY t.received_at
-    LIMIT %(limit)s
+    DELETE FROM traces_awaiting_reward a
+    WHERE a.trace_id IN (
+        SELECT w.trace_id FROM traces_awaiting_reward w JOIN traces t ON t.trace_id = w.trace_id
+        WHERE w.domain = %(domain)s AND t.received_at < now() - make_interval(secs => %(ttl_seconds)s)
+        ORDER BY t.received_at
+        LIMIT %(limit)s)
+    RETURNING a.trace_id
 )
-UPDATE traces t SET expired_at = now() FROM due WHERE t.trace_id = due.trace_id
+UPDATE traces t SET expired_at = now() FROM due
+WHERE t.trace_id = due.trace_id AND t.expired_at IS NULL AND t.used_by_distillation IS NULL
+  AND NOT EXISTS (SELECT 1 FROM rewards r WHERE r.trace_id = t.trace_id)
 RETURNING t.trace_id;
 
 -- name: drop_learned_trajectories

@@ -216,3 +216,45 @@ def test_a_rejected_event_keeps_its_domain_and_can_be_listed_by_it(conn: psycopg
     assert [row["domain"] for row in listed] == [None, None, "coding", "support"]
     assert [row["trace_id"] for row in list_rejected(conn, None, 10, ["support", "coding"])] == ["c-1", "t-2"]
     assert list_rejected(conn, None, 10, []) == []
+
+
+def _awaiting(conn: psycopg.Connection[Any]) -> list[str]:
+    return [row[0] for row in conn.execute("SELECT trace_id FROM traces_awaiting_reward ORDER BY 1")]
+
+
+def test_a_trace_awaits_its_first_reward_whatever_the_order_of_arrival(conn: psycopg.Connection[Any]) -> None:
+    store(conn, raw(trace("first")))  # its reward comes later
+    store(conn, raw(reward("early")))  # a reward before its trace
+    store(conn, raw(reward("together")), raw(trace("together")))  # both in one batch, reward first
+    store(conn, raw(trace("other", domain="coding")))
+    assert _awaiting(conn) == ["first", "other"]
+
+    store(conn, raw(trace("early")))
+    assert _awaiting(conn) == ["first", "other"]
+    store(conn, raw(reward("first")))
+    assert _awaiting(conn) == ["other"]
+    # Redeliveries and a second source change nothing; the other domain still awaits.
+    store(conn, raw(trace("first")), raw(reward("first")), raw(reward("first", 0.5, source="grader")))
+    assert _awaiting(conn) == ["other"]
+    rows = conn.execute("SELECT domain FROM traces_awaiting_reward").fetchall()
+    assert rows == [("coding",)]
+
+
+def test_a_trace_and_its_reward_in_concurrent_batches_await_nothing_after_the_sweep(database_url: str) -> None:
+    """Each batch's transaction sees nothing of the other's: the trace is left marked awaiting with
+    its reward stored. The maintenance sweep (every GRPOD_MAINTENANCE_SECONDS) unmarks it."""
+    from grpod.daemon.api.dashboard_store import overview
+    from grpod.daemon.resources import open_pool
+    from grpod.workers.maintenance_sweep import DeploymentUpkeep, sweep
+
+    with open_pool(database_url, Settings(database_url=database_url), max_size=2) as pool:
+        with pool.connection() as first, pool.connection() as second, first.transaction(), second.transaction():
+            store(first, raw(trace("raced")))
+            store(second, raw(reward("raced")))
+        with pool.connection() as conn:
+            assert _awaiting(conn) == ["raced"]
+            assert [row["awaiting_reward"] for row in overview(conn, None)] == [1]
+            sweep(conn, DeploymentUpkeep())
+            assert _awaiting(conn) == []
+            assert [row["awaiting_reward"] for row in overview(conn, None)] == [0]
+            assert conn.execute("SELECT expired_at FROM traces").fetchall() == [(None,)]

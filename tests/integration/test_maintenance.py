@@ -245,6 +245,8 @@ def test_a_trace_unrewarded_for_its_ttl_expires_and_never_counts_toward_readines
     assert _found(report, "expiry") == {"expired_traces": 1}
     expired = conn.execute("SELECT trace_id FROM traces WHERE expired_at IS NOT NULL").fetchall()
     assert expired == [("e4",)]
+    # Of the traces awaiting a reward (the dashboard counts them), only the recent one is left.
+    assert conn.execute("SELECT trace_id FROM traces_awaiting_reward").fetchall() == [("e5",)]
     assert _found(sweep(conn, DeploymentUpkeep()), "expiry") == {"expired_traces": 0}  # once
 
     # A late reward for it is stored, but does not make the group ready (4 of 5 rewarded).

@@ -92,3 +92,36 @@ def test_an_unreachable_database_is_one_sentence() -> None:
     assert message.startswith("GRPOD_DATABASE_URL=postgresql://grpod:***@127.0.0.1:1/grpod cannot be reached")
     assert "hunter2" not in message
     assert "\n" not in message
+
+
+def test_the_awaiting_reward_migration_marks_what_a_database_with_history_awaits(empty_database_url: str) -> None:
+    """0019 on a database that already holds traces: those with no reward and not expired await one."""
+    from grpod.daemon.migrations import MIGRATIONS_PACKAGE, _apply
+    from grpod.schema.sql import load_queries
+
+    queries = load_queries(MIGRATIONS_PACKAGE, "queries/migrations.sql")
+    before = [m for m in shipped_migrations() if m.name != "awaiting_reward"]
+    assert len(before) == len(shipped_migrations()) - 1
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute(queries["create_migrations_table"])
+        for migration in before:
+            _apply(conn, migration, queries["record_migration"], empty_database_url)
+        # As ingest stored them before 0019 (today's ingest writes the new table too).
+        conn.execute("INSERT INTO domains (name) VALUES ('support')")
+        for trace_id, expired in (("rewarded", False), ("waiting", False), ("expired", True)):
+            conn.execute(
+                "INSERT INTO traces (trace_id, domain, query, trajectory, answer, created_at, content_hash, expired_at)"
+                " VALUES (%s, 'support', 'q', '[]', 'a', now(), '\\x00', CASE WHEN %s THEN now() END)",
+                (trace_id, expired),
+            )
+        for trace_id in ("rewarded", "orphan"):  # a reward, and one whose trace never came
+            conn.execute(
+                "INSERT INTO rewards (trace_id, source, value, created_at, content_hash) "
+                "VALUES (%s, 'thumbs', 1, now(), '\\x00')",
+                (trace_id,),
+            )
+    assert [m.name for m in migrate(empty_database_url).applied] == ["awaiting_reward"]
+    with psycopg.connect(empty_database_url) as conn:
+        assert conn.execute("SELECT trace_id, domain FROM traces_awaiting_reward").fetchall() == [
+            ("waiting", "support")
+        ]

@@ -19,7 +19,8 @@ The set-up: one embedded PostgreSQL with pgvector and two fresh migrated databas
 - rewards: 72% of traces have one, 8% two (two sources), 20% none; 70% of the values are 0 or 1,
   the others in [-1, 1]; a reward comes minutes to hours after its trace; an unrewarded trace
   older than the default trace TTL (7 days) is expired, as the maintenance sweep would have done;
-  the others are in ``traces_awaiting_reward``, as ingest keeps them.
+  every unrewarded trace is in ``traces_awaiting_reward`` (the expired ones marked), and each
+  domain's counts are in ``domain_counts``, as ingest and the sweep keep them.
 
 Foreign keys are not checked during the load (``session_replication_role = replica``; the data are
 consistent by construction); the secondary indexes of traces, rewards and groups are dropped before
@@ -41,7 +42,7 @@ What it measures, on both databases, interleaved so that the shared machine's no
   ``bench/grouping.py`` times it, with vectors near the domain's topics, p50/p99;
 - **sizes**: each table's heap, TOAST, every index by name, and the total (``pg_relation_size``,
   ``pg_table_size``, ``pg_indexes_size``, ``pg_total_relation_size``) for traces, rewards,
-  groups and traces_awaiting_reward, per million traces;
+  groups, traces_awaiting_reward and domain_counts, per million traces;
 - **ingest**: ``store_isolating_failures`` (what ``IngestConsumer.store`` calls for each batch),
   batches of 500 events (60% traces in the domains by size, 40% rewards of those traces, from
   ``bench/ingest.py``'s generator), events/s, ``--ingest-repeat`` rounds (the stored events are
@@ -110,7 +111,7 @@ READY_AFTER = 5  # G: rewarded members that make a group ready (the default grou
 INGEST_BATCH = 500
 NEW_TOPIC_SHARE = 0.1
 LOOKUP_CHUNK = 50
-TABLES = ("traces", "rewards", "groups", "traces_awaiting_reward")
+TABLES = ("traces", "rewards", "groups", "traces_awaiting_reward", "domain_counts")
 Array = npt.NDArray[Any]
 
 console = Console() if sys.stdout.isatty() else Console(width=150)
@@ -325,10 +326,22 @@ def load(conn: psycopg.Connection[Any], world: World, seed: int, days: float) ->
                             )
                         )
                         rewards += 1
-            # What ingest keeps of the traces still awaiting a reward: unrewarded, not expired.
-            with cursor.copy("COPY traces_awaiting_reward (trace_id, domain) FROM STDIN") as copy:
-                for index in np.flatnonzero((reward_count == 0) & ~expired).tolist():
-                    copy.write_row((trace_ids[index], names[world.domain_of[index]]))
+            # What ingest and the sweep keep: the traces awaiting a reward (the expired ones marked),
+            # and each domain's counts (migration 0020).
+            with cursor.copy("COPY traces_awaiting_reward (trace_id, domain, expired_at) FROM STDIN") as copy:
+                for index in np.flatnonzero(reward_count == 0).tolist():
+                    expired_at = now - timedelta(seconds=float(age[index]) - TTL_SECONDS - 300)
+                    copy.write_row(
+                        (trace_ids[index], names[world.domain_of[index]], expired_at if expired[index] else None)
+                    )
+            per_domain = {
+                "traces": np.bincount(world.domain_of, minlength=len(names)),
+                "rewards": np.bincount(world.domain_of, weights=reward_count, minlength=len(names)),
+                "unrewarded": np.bincount(world.domain_of, weights=reward_count == 0, minlength=len(names)),
+            }
+            with cursor.copy("COPY domain_counts (domain, traces, rewards, unrewarded) FROM STDIN") as copy:
+                for number, name in enumerate(names):
+                    copy.write_row((name, *(int(per_domain[column][number]) for column in per_domain)))
         seconds["copy rewards"] = time.perf_counter() - started
 
         # Groups: one per topic with members.
@@ -379,7 +392,7 @@ def load(conn: psycopg.Connection[Any], world: World, seed: int, days: float) ->
     seconds["HNSW centroid index"] = time.perf_counter() - started
     conn.execute("RESET session_replication_role")
     started = time.perf_counter()
-    conn.execute("VACUUM (ANALYZE) domains, traces, rewards, groups, traces_awaiting_reward")
+    conn.execute("VACUUM (ANALYZE) domains, traces, rewards, groups, traces_awaiting_reward, domain_counts")
     seconds["VACUUM ANALYZE"] = time.perf_counter() - started
     conn.execute("RESET maintenance_work_mem")
     largest, median = 0, len(names) // 2
@@ -601,7 +614,8 @@ def undo_ingest(conn: psycopg.Connection[Any], trace_ids: list[str]) -> None:
     conn.execute("DELETE FROM rewards WHERE trace_id = ANY(%s)", (trace_ids,))
     conn.execute("DELETE FROM traces_awaiting_reward WHERE trace_id = ANY(%s)", (trace_ids,))
     conn.execute("DELETE FROM traces WHERE trace_id = ANY(%s)", (trace_ids,))
-    conn.execute("VACUUM (ANALYZE) traces, rewards, traces_awaiting_reward")
+    conn.execute("DELETE FROM domain_count_deltas")  # what the round's batches added
+    conn.execute("VACUUM (ANALYZE) traces, rewards, traces_awaiting_reward, domain_count_deltas")
 
 
 # Operator and maintenance queries --------------------------------------------------------------

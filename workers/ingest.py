@@ -30,6 +30,7 @@ from grpod.schema.events import (
     parse_event,
 )
 from grpod.schema.sql import load_queries
+from grpod.workers import domain_counts
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -160,6 +161,9 @@ def store_batch(
     plan = plan_batch(parsed)
     queries = load_queries(*QUERIES)
     outcome = BatchOutcome(duplicates=len(plan.duplicates))
+    new_traces: list[tuple[str, str, bool]] = []
+    earlier_rewards: list[str] = []
+    new_rewards: list[tuple[str, str | None, bool]] = []
     with conn.transaction(), conn.cursor() as cursor:
         # In the batch's own transaction (IF NOT EXISTS is cheap): safe behind a transaction pooler.
         cursor.execute(queries["create_staging"])
@@ -170,7 +174,15 @@ def store_batch(
                 for row in _trace_rows(parsed, plan.traces):
                     copy.write_row(row)
             cursor.execute(queries["insert_traces"])
-            inserted: set[Hashable] = {row[0] for row in cursor.fetchall()}
+            new_traces = [(str(row[0]), str(row[1]), bool(row[2])) for row in cursor.fetchall()]
+            inserted: set[Hashable] = {trace_id for trace_id, _, _ in new_traces}
+            rewarded_before = [(trace_id, domain) for trace_id, domain, awaiting in new_traces if not awaiting]
+            if rewarded_before:
+                cursor.execute(
+                    queries["count_earlier_rewards"],
+                    {"trace_ids": [t for t, _ in rewarded_before], "domains": [d for _, d in rewarded_before]},
+                )
+                earlier_rewards = [str(row[0]) for row in cursor.fetchall()]
             stored = _stored_hashes(cursor, queries["trace_hashes"], plan.traces, inserted, rewards=False)
             new, duplicates, conflicts = split_existing(plan.traces, inserted, stored)
             outcome.duplicates += len(duplicates)
@@ -186,7 +198,9 @@ def store_batch(
                 for row in _reward_rows(parsed, plan.rewards):
                     copy.write_row(row)
             cursor.execute(queries["insert_rewards"])
-            inserted = {(row[0], row[1]) for row in cursor.fetchall()}
+            rows = cursor.fetchall()
+            inserted = {(row[0], row[1]) for row in rows}
+            new_rewards = [(str(row[0]), row[2], bool(row[3])) for row in rows]
             stored = _stored_hashes(cursor, queries["reward_hashes"], plan.rewards, inserted, rewards=True)
             new, duplicates, conflicts = split_existing(plan.rewards, inserted, stored)
             outcome.duplicates += len(duplicates)
@@ -196,6 +210,7 @@ def store_batch(
                 str(insertion.key[0]) for insertion in new if isinstance(insertion.key, tuple)
             )
             outcome.accepted += len(new)
+        domain_counts.add_deltas(cursor, domain_counts.batch_deltas(new_traces, earlier_rewards, new_rewards))
         if plan.rejections:
             outcome.rejected_ids = insert_rejections(
                 cursor, [(incoming[i], r) for i, r in sorted(plan.rejections.items())], payload_limit

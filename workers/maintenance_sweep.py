@@ -24,6 +24,8 @@ transaction. A step returns what it found (counts, or ids); the caller (beat's t
   It runs after the domain's transaction, in one of its own under the domain's grouping lock.
 - pruning: rejected events and heartbeats older than their deployment's periods, and slot claims
   older than ``slot_claims.CLAIM_RETENTION_SECONDS``.
+- counts: the rewards whose trace a concurrent batch stored are counted for its domain, and the
+  count deltas that ingest and the steps above appended are folded into ``domain_counts``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import psycopg
 import structlog
 
 from grpod.schema.sql import load_queries
-from grpod.workers import distillation_store, grouping_store, slot_claims
+from grpod.workers import distillation_store, domain_counts, grouping_store, slot_claims
 from grpod.workers.upkeep_settings import UpkeepSettings
 
 QUERIES = ("grpod.schema", "queries/maintenance.sql")
@@ -109,7 +111,10 @@ def lost_work(conn: psycopg.Connection[Any], domain: str, upkeep: UpkeepSettings
 def expire_traces(conn: psycopg.Connection[Any], domain: str, upkeep: UpkeepSettings) -> Found:
     """Traces with no reward ``trace_ttl_seconds`` after they arrived no longer count toward readiness."""
     named = _queries()
-    conn.execute(named["forget_rewarded_awaiting"], {"domain": domain})
+    # What concurrent batches left listed as awaiting though rewarded is no longer unrewarded either.
+    rewarded = conn.execute(named["forget_rewarded_awaiting"], {"domain": domain}).rowcount
+    if rewarded:
+        domain_counts.add_deltas(conn, {domain: domain_counts.CountDelta(unrewarded=-rewarded)})
     expired = conn.execute(
         named["expire_traces"], {"domain": domain, "ttl_seconds": upkeep.trace_ttl_seconds, "limit": BATCH}
     ).rowcount
@@ -154,7 +159,15 @@ def prune(conn: psycopg.Connection[Any], deployment: DeploymentUpkeep) -> Found:
     return {"rejected_events": rejected, "heartbeats": heartbeats, "slot_claims": slot_claims.prune(conn)}
 
 
-DEPLOYMENT_STEPS: tuple[tuple[str, DeploymentStep], ...] = (("pruning", prune),)
+def counts(conn: psycopg.Connection[Any], deployment: DeploymentUpkeep) -> Found:
+    """Count the rewards whose trace a concurrent batch stored; fold the deltas into each domain's counts."""
+    return {
+        "rewards_counted_late": domain_counts.count_unmatched_rewards(conn),
+        "domains_folded": domain_counts.fold(conn),
+    }
+
+
+DEPLOYMENT_STEPS: tuple[tuple[str, DeploymentStep], ...] = (("pruning", prune), ("counts", counts))
 
 
 # The sweep -------------------------------------------------------------------------------------

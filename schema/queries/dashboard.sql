@@ -7,7 +7,8 @@ SELECT d.name,
          WHERE t.domain = d.name AND t.received_at > now() - make_interval(secs => %(window)s))
      + (SELECT count(*) FROM rewards r JOIN traces t ON t.trace_id = r.trace_id
          WHERE t.domain = d.name AND r.received_at > now() - make_interval(secs => %(window)s)) AS recent_events,
-       (SELECT count(*) FROM traces_awaiting_reward a WHERE a.domain = d.name) AS awaiting_reward,
+       (SELECT count(*) FROM traces_awaiting_reward a WHERE a.domain = d.name AND a.expired_at IS NULL)
+           AS awaiting_reward,
        (SELECT count(*) FROM rejected_events e WHERE e.domain = d.name) AS rejected,
        (SELECT count(*) FROM groups g WHERE g.domain = d.name AND g.ready_at IS NOT NULL) AS ready_groups,
        (SELECT version FROM library_labels l WHERE l.domain = d.name AND l.label = 'production') AS production,

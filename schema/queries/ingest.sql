@@ -22,7 +22,8 @@ COPY incoming_traces (trace_id, domain, query, trajectory, answer, library_versi
 
 -- name: insert_traces
 -- Store the staged traces that are new; a trace_id already stored is left alone (the caller compares hashes).
--- A new trace whose reward has not come yet awaits it.
+-- A new trace whose reward has not come yet awaits it. Returns each new trace, its domain and
+-- whether it awaits a reward.
 WITH inserted AS (
     INSERT INTO traces (trace_id, domain, query, trajectory, answer, library_version, metadata, created_at,
                         content_hash)
@@ -31,12 +32,22 @@ WITH inserted AS (
     FROM incoming_traces
     ON CONFLICT (trace_id) DO NOTHING
     RETURNING trace_id, domain
+), arrived AS (
+    SELECT i.trace_id, i.domain, NOT EXISTS (SELECT 1 FROM rewards r WHERE r.trace_id = i.trace_id) AS awaiting
+    FROM inserted i
 ), awaiting AS (
     INSERT INTO traces_awaiting_reward (trace_id, domain)
-    SELECT i.trace_id, i.domain FROM inserted i
-    WHERE NOT EXISTS (SELECT 1 FROM rewards r WHERE r.trace_id = i.trace_id)
+    SELECT trace_id, domain FROM arrived WHERE awaiting
 )
-SELECT trace_id FROM inserted;
+SELECT trace_id, domain, awaiting FROM arrived;
+
+-- name: count_earlier_rewards
+-- The rewards that came before these new traces (of these domains) count for them now; returns
+-- the domain of each.
+UPDATE rewards r SET counted = true
+FROM unnest(%(trace_ids)s::text[], %(domains)s::text[]) AS n (trace_id, domain)
+WHERE r.trace_id = n.trace_id AND NOT r.counted
+RETURNING n.domain;
 
 -- name: trace_hashes
 -- The stored content hash of each of these traces.
@@ -48,16 +59,23 @@ COPY incoming_rewards (trace_id, source, value, critique, ground_truth, created_
 
 -- name: insert_rewards
 -- Store the staged rewards that are new; a (trace_id, source) already stored is left alone.
--- Their traces await a reward no more.
-WITH inserted AS (
-    INSERT INTO rewards (trace_id, source, value, critique, ground_truth, created_at, content_hash)
-    SELECT trace_id, source, value, critique, ground_truth, created_at, content_hash FROM incoming_rewards
+-- A reward whose trace is stored counts for its domain at once; its trace awaits a reward no
+-- more. Returns each new reward, its trace's domain (NULL: not stored yet) and whether it was
+-- its trace's first.
+WITH arriving AS (
+    SELECT i.*, t.domain FROM incoming_rewards i LEFT JOIN traces t ON t.trace_id = i.trace_id
+), inserted AS (
+    INSERT INTO rewards (trace_id, source, value, critique, ground_truth, created_at, content_hash, counted)
+    SELECT trace_id, source, value, critique, ground_truth, created_at, content_hash, domain IS NOT NULL
+    FROM arriving
     ON CONFLICT (trace_id, source) DO NOTHING
     RETURNING trace_id, source
 ), rewarded AS (
     DELETE FROM traces_awaiting_reward a USING inserted i WHERE a.trace_id = i.trace_id
+    RETURNING a.trace_id
 )
-SELECT trace_id, source FROM inserted;
+SELECT i.trace_id, i.source, a.domain, EXISTS (SELECT 1 FROM rewarded w WHERE w.trace_id = i.trace_id) AS first
+FROM inserted i JOIN arriving a ON a.trace_id = i.trace_id AND a.source = i.source;
 
 -- name: reward_hashes
 -- The stored content hash of each of these (trace_id, source) pairs.
@@ -82,7 +100,7 @@ RETURNING id;
 -- Rewards whose trace has not come within the time-to-live move to rejected_events.
 WITH expired AS (
     DELETE FROM rewards r
-    WHERE r.received_at < now() - make_interval(secs => %(ttl_seconds)s)
+    WHERE NOT r.counted AND r.received_at < now() - make_interval(secs => %(ttl_seconds)s)
       AND NOT EXISTS (SELECT 1 FROM traces t WHERE t.trace_id = r.trace_id)
     RETURNING r.*
 )

@@ -38,18 +38,21 @@ RETURNING d.id, d.group_id, d.attempts, d.next_attempt_at IS NULL AS terminal, v
 
 -- name: forget_rewarded_awaiting
 -- A domain's traces still marked awaiting whose reward was stored by a concurrent batch (each
--- batch saw nothing of the other's uncommitted rows) await no more.
+-- batch saw nothing of the other's uncommitted rows) await no more. (Only ones not yet expired:
+-- a trace is stored, and can race with its reward, only before its time-to-live has passed.)
 DELETE FROM traces_awaiting_reward a
-WHERE a.domain = %(domain)s AND EXISTS (SELECT 1 FROM rewards r WHERE r.trace_id = a.trace_id);
+WHERE a.domain = %(domain)s AND a.expired_at IS NULL
+  AND EXISTS (SELECT 1 FROM rewards r WHERE r.trace_id = a.trace_id);
 
 -- name: expire_traces
 -- Traces of a domain with no reward ttl seconds after they arrived (and not used) are expired,
--- oldest first, from the traces awaiting a reward.
+-- oldest first, from the traces awaiting a reward (where they stay, expired, until one comes).
 WITH due AS (
-    DELETE FROM traces_awaiting_reward a
+    UPDATE traces_awaiting_reward a SET expired_at = now()
     WHERE a.trace_id IN (
         SELECT w.trace_id FROM traces_awaiting_reward w JOIN traces t ON t.trace_id = w.trace_id
-        WHERE w.domain = %(domain)s AND t.received_at < now() - make_interval(secs => %(ttl_seconds)s)
+        WHERE w.domain = %(domain)s AND w.expired_at IS NULL
+          AND t.received_at < now() - make_interval(secs => %(ttl_seconds)s)
         ORDER BY t.received_at
         LIMIT %(limit)s)
     RETURNING a.trace_id

@@ -1,9 +1,7 @@
 -- name: events_accepted
--- Accepted events per domain: its traces, and the rewards of its stored traces.
-SELECT t.domain, count(*) + coalesce(sum(r.rewards), 0)
-FROM traces t LEFT JOIN (SELECT trace_id, count(*) AS rewards FROM rewards GROUP BY trace_id) r
-  ON r.trace_id = t.trace_id
-GROUP BY t.domain;
+-- Accepted events per domain: its traces, and the rewards of its stored traces (from the kept
+-- counts, migration 0020).
+SELECT domain, traces + rewards FROM domain_totals WHERE traces > 0;
 
 -- name: events_rejected
 -- Rejected events per reason.

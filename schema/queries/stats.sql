@@ -1,17 +1,14 @@
 -- name: domain_counts
--- Per domain: traces, and traces with at least one reward.
-SELECT d.name,
-       count(t.trace_id) AS traces,
-       count(t.trace_id) FILTER (WHERE EXISTS (SELECT 1 FROM rewards r WHERE r.trace_id = t.trace_id))
-           AS rewarded_traces
+-- Per domain: traces, and traces with at least one reward (from the kept counts, migration 0020).
+SELECT d.name, coalesce(c.traces, 0) AS traces, coalesce(c.traces - c.unrewarded, 0) AS rewarded_traces
 FROM domains d
-LEFT JOIN traces t ON t.domain = d.name
-GROUP BY d.name
+LEFT JOIN domain_totals c ON c.domain = d.name
 ORDER BY d.name;
 
 -- name: pending_rewards
 -- Rewards still waiting for their trace.
-SELECT count(*) FROM rewards r WHERE NOT EXISTS (SELECT 1 FROM traces t WHERE t.trace_id = r.trace_id);
+SELECT count(*) FROM rewards r
+WHERE NOT r.counted AND NOT EXISTS (SELECT 1 FROM traces t WHERE t.trace_id = r.trace_id);
 
 -- name: rejected_counts
 -- Rejected events by reason.

@@ -121,17 +121,26 @@ def test_a_consumer_killed_mid_batch_loses_and_duplicates_nothing(settings: Sett
 
 
 def test_a_message_whose_consumer_keeps_dying_is_dead_lettered_and_recorded(
-    settings: Settings, database_url: str
+    settings: Settings, database_url: str, tmp_path: Path
 ) -> None:
+    from grpod.daemon.status import queue_depths
+
     with Client(settings) as client:
         client.record_batch([trace("t-poison")])
     # A consumer that holds the message unacknowledged (a long batch wait) and is killed, again and again.
     holding = _consumer_env(settings, database_url, batch_size=1000, batch_seconds=60)
-    for _ in range(settings.delivery_limit + 1):
-        consumer = subprocess.Popen(
-            [sys.executable, "-m", "grpod.daemon.ingest"], env=holding, stderr=subprocess.DEVNULL
-        )
-        time.sleep(4)  # started, connected, message taken
+    for attempt in range(settings.delivery_limit + 1):
+        log = tmp_path / f"consumer-{attempt}.log"
+        with log.open("wb") as out:
+            consumer = subprocess.Popen([sys.executable, "-m", "grpod.daemon.ingest"], env=holding, stderr=out)
+        # Killed only once it has taken the message: started (a dead consumer's claims given back
+        # first, on the spool), then nothing left waiting in the queue. A fixed sleep was not
+        # enough on a loaded machine, and the message then took fewer deliveries than the limit.
+        deadline = time.monotonic() + 60
+        while "ingest consumer started" not in log.read_text() or queue_depths(settings)["events"] != 0:
+            assert time.monotonic() < deadline, f"consumer {attempt} did not take the message: {log.read_text()}"
+            assert consumer.poll() is None, f"consumer {attempt} exited: {log.read_text()}"
+            time.sleep(0.2)
         consumer.send_signal(signal.SIGKILL)
         consumer.wait(timeout=10)
     assert _counts(database_url) == (0, 0, 0)

@@ -240,9 +240,9 @@ def test_a_trace_awaits_its_first_reward_whatever_the_order_of_arrival(conn: psy
     assert rows == [("coding",)]
 
 
-def test_a_trace_and_its_reward_in_concurrent_batches_await_nothing_after_the_sweep(database_url: str) -> None:
-    """Each batch's transaction sees nothing of the other's: the trace is left marked awaiting with
-    its reward stored. The maintenance sweep (every GRPOD_MAINTENANCE_SECONDS) unmarks it."""
+def test_a_trace_and_its_reward_in_concurrent_batches_are_counted_by_the_sweep(database_url: str) -> None:
+    """Each batch's transaction sees nothing of the other's: the trace is left marked awaiting, and
+    its reward uncounted. The maintenance sweep (every GRPOD_MAINTENANCE_SECONDS) sets both right."""
     from grpod.daemon.api.dashboard_store import overview
     from grpod.daemon.resources import open_pool
     from grpod.workers.maintenance_sweep import DeploymentUpkeep, sweep
@@ -254,7 +254,68 @@ def test_a_trace_and_its_reward_in_concurrent_batches_await_nothing_after_the_sw
         with pool.connection() as conn:
             assert _awaiting(conn) == ["raced"]
             assert [row["awaiting_reward"] for row in overview(conn, None)] == [1]
-            sweep(conn, DeploymentUpkeep())
+            assert domain_counts(conn) == [{"domain": "support", "traces": 1, "rewarded_traces": 0}]
+            assert _kept(conn) == {"support": (1, 0, 1)}
+
+            report = sweep(conn, DeploymentUpkeep())
+
             assert _awaiting(conn) == []
             assert [row["awaiting_reward"] for row in overview(conn, None)] == [0]
             assert conn.execute("SELECT expired_at FROM traces").fetchall() == [(None,)]
+            assert report.to_json()["deployment"]["counts"] == {"rewards_counted_late": 1, "domains_folded": 1}
+            assert domain_counts(conn) == [{"domain": "support", "traces": 1, "rewarded_traces": 1}]
+            assert _kept(conn) == _recounted(conn) == {"support": (1, 1, 0)}
+            assert count(conn, "SELECT count(*) FROM domain_count_deltas") == 0  # all folded
+
+
+def _kept(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, int, int]]:
+    """Each domain's kept counts (migration 0020): traces, rewards of its traces, unrewarded traces."""
+    rows = conn.execute("SELECT domain, traces, rewards, unrewarded FROM domain_totals WHERE traces > 0")
+    return {row[0]: (int(row[1]), int(row[2]), int(row[3])) for row in rows}
+
+
+def _recounted(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, int, int]]:
+    """The same, counted over the whole history."""
+    rows = conn.execute(
+        "SELECT t.domain, count(*), coalesce(sum(r.n), 0), count(*) FILTER (WHERE r.n IS NULL) FROM traces t "
+        "LEFT JOIN (SELECT trace_id, count(*) AS n FROM rewards GROUP BY trace_id) r ON r.trace_id = t.trace_id "
+        "GROUP BY t.domain"
+    )
+    return {row[0]: (int(row[1]), int(row[2]), int(row[3])) for row in rows}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_kept_counts_equal_a_count_of_the_history(conn: psycopg.Connection[Any], seed: int) -> None:
+    """Batches in any order: rewards before and after their traces and in the same batch, several
+    sources, redeliveries, conflicts, rewards whose trace never comes, expiry, the sweep's folds."""
+    import random
+
+    from grpod.workers.maintenance_sweep import DeploymentUpkeep, sweep
+
+    rng = random.Random(seed)
+    events: list[bytes] = []
+    for n in range(120):
+        events.append(raw(trace(f"t{n}", domain=rng.choice(["support", "coding", "sql"]))))
+        for source in rng.sample(["thumbs", "grader", "tests"], k=rng.choice([0, 0, 1, 1, 1, 2, 3])):
+            events.append(raw(reward(f"t{n}", rng.choice([0.0, 1.0]), source=source)))
+    events += [raw(reward(f"never-{n}")) for n in range(5)]
+    events += rng.sample(events, k=30)  # redeliveries
+    events.append(raw(trace("t0", query="different content: a conflict")))
+    rng.shuffle(events)
+    batches = range(0, len(events), 25)
+    for number, start in enumerate(batches):
+        store(conn, *events[start : start + 25])
+        if number == len(batches) // 2:  # halfway, a third of the traces age past their time-to-live
+            aged = [f"t{n}" for n in rng.sample(range(120), k=40)]
+            conn.execute("UPDATE traces SET received_at = now() - interval '8 days' WHERE trace_id = ANY(%s)", (aged,))
+        if number % 4 == 3:
+            sweep(conn, DeploymentUpkeep())
+        assert _kept(conn) == _recounted(conn)
+    assert count(conn, "SELECT count(*) FROM traces WHERE expired_at IS NOT NULL") > 0
+    # and rewards came late for some of them (they are rewarded traces all the same)
+    late = "SELECT count(*) FROM traces t JOIN rewards r USING (trace_id) WHERE t.expired_at IS NOT NULL"
+    assert count(conn, late) > 0
+    sweep(conn, DeploymentUpkeep())
+    assert _kept(conn) == _recounted(conn)
+    rows = conn.execute("SELECT domain, traces, rewards, unrewarded FROM domain_counts").fetchall()
+    assert {row[0]: tuple(row[1:]) for row in rows} == _recounted(conn)  # folded, nothing left in deltas

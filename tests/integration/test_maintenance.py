@@ -245,8 +245,10 @@ def test_a_trace_unrewarded_for_its_ttl_expires_and_never_counts_toward_readines
     assert _found(report, "expiry") == {"expired_traces": 1}
     expired = conn.execute("SELECT trace_id FROM traces WHERE expired_at IS NOT NULL").fetchall()
     assert expired == [("e4",)]
-    # Of the traces awaiting a reward (the dashboard counts them), only the recent one is left.
-    assert conn.execute("SELECT trace_id FROM traces_awaiting_reward").fetchall() == [("e5",)]
+    # Of the traces awaiting a reward, the dashboard counts only the recent one; e4 stays listed,
+    # expired, so that a late reward still makes it a rewarded trace in the domain's counts.
+    awaiting = conn.execute("SELECT trace_id, expired_at IS NOT NULL FROM traces_awaiting_reward ORDER BY 1")
+    assert awaiting.fetchall() == [("e4", True), ("e5", False)]
     assert _found(sweep(conn, DeploymentUpkeep()), "expiry") == {"expired_traces": 0}  # once
 
     # A late reward for it is stored, but does not make the group ready (4 of 5 rewarded).

@@ -94,14 +94,15 @@ def test_an_unreachable_database_is_one_sentence() -> None:
     assert "\n" not in message
 
 
-def test_the_awaiting_reward_migration_marks_what_a_database_with_history_awaits(empty_database_url: str) -> None:
-    """0019 on a database that already holds traces: those with no reward and not expired await one."""
+def test_the_awaiting_and_counting_migrations_on_a_database_with_history(empty_database_url: str) -> None:
+    """0019 and 0020 on a database that already holds traces: those with no reward await one (the
+    expired ones too, marked so), rewards whose trace is stored are counted, and each domain's
+    counts are those of its history."""
     from grpod.daemon.migrations import MIGRATIONS_PACKAGE, _apply
     from grpod.schema.sql import load_queries
 
     queries = load_queries(MIGRATIONS_PACKAGE, "queries/migrations.sql")
-    before = [m for m in shipped_migrations() if m.name != "awaiting_reward"]
-    assert len(before) == len(shipped_migrations()) - 1
+    before = [m for m in shipped_migrations() if m.version < 19]
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
         conn.execute(queries["create_migrations_table"])
         for migration in before:
@@ -120,8 +121,13 @@ def test_the_awaiting_reward_migration_marks_what_a_database_with_history_awaits
                 "VALUES (%s, 'thumbs', 1, now(), '\\x00')",
                 (trace_id,),
             )
-    assert [m.name for m in migrate(empty_database_url).applied] == ["awaiting_reward"]
+    assert [m.name for m in migrate(empty_database_url).applied][:2] == ["awaiting_reward", "domain_counts"]
     with psycopg.connect(empty_database_url) as conn:
-        assert conn.execute("SELECT trace_id, domain FROM traces_awaiting_reward").fetchall() == [
-            ("waiting", "support")
-        ]
+        awaiting = conn.execute(
+            "SELECT trace_id, domain, expired_at IS NOT NULL FROM traces_awaiting_reward ORDER BY 1"
+        ).fetchall()
+        assert awaiting == [("expired", "support", True), ("waiting", "support", False)]
+        counted = conn.execute("SELECT trace_id, counted FROM rewards ORDER BY 1").fetchall()
+        assert counted == [("orphan", False), ("rewarded", True)]
+        totals = conn.execute("SELECT domain, traces, rewards, unrewarded FROM domain_totals").fetchall()
+        assert totals == [("support", 3, 1, 2)]

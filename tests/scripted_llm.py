@@ -183,13 +183,19 @@ class ScriptedEndpoint:
                     endpoint.in_flight += 1
                     endpoint.max_in_flight = max(endpoint.max_in_flight, endpoint.in_flight)
                 try:
-                    self.answer(json.loads(body))
+                    reply = self.answer(json.loads(body))
                 finally:
+                    # Out of flight before the answer goes: once the client has it, it may send its
+                    # next call, which must not find this one still counted.
                     with endpoint._lock:
                         endpoint.in_flight_from[client] -= 1
                         endpoint.in_flight -= 1
+                self.send(*reply)
 
-            def answer(self, request: dict[str, Any]) -> None:
+            def answer(
+                self, request: dict[str, Any]
+            ) -> tuple[int, dict[str, Any] | bytes, str, Mapping[str, str] | None]:
+                """The status, body, content type and headers to answer with, after the latency."""
                 messages = request["messages"]
                 step, answer = endpoint.script.next(messages)
                 endpoint._arrived[step].set()
@@ -201,12 +207,11 @@ class ScriptedEndpoint:
                 if isinstance(answer, Status):
                     headers = {} if answer.retry_after is None else {"Retry-After": f"{answer.retry_after:g}"}
                     body = {"error": {"message": f"scripted {answer.code}", "type": "scripted"}}
-                    self.send(answer.code, body, headers=headers)
-                elif isinstance(answer, Raw):
-                    self.send(answer.code, answer.body.encode(), content_type="text/html")
-                else:
-                    text = text_of(answer, messages)
-                    self.send(200, completion_body(request.get("model", "scripted"), messages, text))
+                    return answer.code, body, "application/json", headers
+                if isinstance(answer, Raw):
+                    return answer.code, answer.body.encode(), "text/html", None
+                text = text_of(answer, messages)
+                return 200, completion_body(request.get("model", "scripted"), messages, text), "application/json", None
 
             def send(
                 self,
